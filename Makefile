@@ -1,0 +1,66 @@
+# StreamQuant developer targets. Everything runs in the project-local virtual environment .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SQ := $(BIN)/streamquant
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install lock lint schemas up down status demo test test-unit test-integration bench clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the locked dependencies and the project
+
+lock: ## Re-resolve dependencies from pyproject.toml into requirements.lock
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install --quiet -e '.[dev]'
+	{ echo "# Exact versions of every runtime and dev dependency (pip freeze of a working .venv; Python 3.11)."; \
+	  echo "# Regenerate with \`make lock\` after changing pyproject.toml."; \
+	  .venv-lock/bin/pip freeze --exclude-editable | grep -v '^streamquant'; } > requirements.lock
+	rm -rf .venv-lock
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+schemas: $(STAMP) ## Regenerate schemas/json and schemas/avro from the record dataclasses
+	$(BIN)/python -m schemas.generate
+
+up: $(STAMP) ## Start the local Kafka (KRaft) broker and Redis, create the topics
+	$(SQ) dev up
+
+down: $(STAMP) ## Stop what `make up` started
+	$(SQ) dev down
+
+status: $(STAMP) ## Is the local stack answering?
+	$(SQ) dev status
+
+demo: up ## Start the stack, stream synthetic ticks for 10 s at 5,000/s, then show the newest ones
+	$(SQ) produce ticks --symbols 50 --rate 5000 --seconds 10 --seed 7
+	$(SQ) tail ticks -n 15
+
+# pytest exits 5 when it collected nothing: that is a failure here, never a pass.
+PYTEST = run_pytest() { $(BIN)/pytest "$$@"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc; }; run_pytest
+
+test: $(STAMP) ## All tests: unit, then integration against the running local stack (make up)
+	@$(PYTEST) -q tests
+
+test-unit: $(STAMP) ## Unit tests only (no broker)
+	@$(PYTEST) -q tests/unit
+
+test-integration: $(STAMP) ## Integration tests only (real Kafka and Redis)
+	@$(PYTEST) -q tests/integration
+
+bench: $(STAMP) ## Decode benchmark (bench/RESULTS.md records the figures)
+	$(BIN)/python -m bench.decode_ticks
+
+clean: ## Remove caches (keeps .venv and the Kafka jar cache)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,85 @@
+"""Small Kafka conveniences for the CLI: reachability checks and reading a topic's newest messages."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import cast
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streams.config import KafkaConfig
+from streams.errors import BrokerUnavailable
+from streams.source import Headers
+
+
+def admin_client(config: KafkaConfig, timeout_s: float = 5.0) -> AdminClient:
+    """An admin client, after checking the cluster answers within `timeout_s`."""
+    # Quiet: an unreachable broker gets one clear line below instead of librdkafka retry noise.
+    admin = AdminClient({**config.client_config(), "socket.connection.setup.timeout.ms": int(timeout_s * 1000),
+                         "log_level": 2})
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException:
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {config.bootstrap} within {timeout_s:.0f}s "
+            "(start the local stack with `make up` or set STREAMQUANT_KAFKA_BOOTSTRAP)"
+        ) from None
+    return admin
+
+
+def topic_partitions(admin: AdminClient, topic: str, timeout_s: float = 5.0) -> list[int] | None:
+    meta = admin.list_topics(topic=topic, timeout=timeout_s).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return None
+    return sorted(meta.partitions)
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers | None
+
+
+def newest_messages(config: KafkaConfig, topic: str, partitions: list[int], n: int,
+                    timeout_s: float = 10.0) -> list[RawMessage]:
+    """The last `n` committed messages of a topic (by broker timestamp, across partitions)."""
+    consumer = Consumer({**config.client_config(), "group.id": f"streamquant-tail-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    try:
+        assignment = []
+        ends: dict[int, int] = {}
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high > low:
+                ends[p] = high
+                assignment.append(TopicPartition(topic, p, max(low, high - n)))
+        if not assignment:
+            return []
+        consumer.assign(assignment)
+        out: list[RawMessage] = []
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(done) < len(ends) and time.monotonic() < deadline:
+            for m in consumer.consume(1000, 0.5):
+                if m.error():
+                    continue
+                p, offset = cast(int, m.partition()), cast(int, m.offset())
+                out.append(RawMessage(p, offset, m.timestamp()[1], m.key(), m.value(),
+                                      cast(Headers | None, m.headers())))
+                if offset >= ends[p] - 1:
+                    done.add(p)
+            # Control records (transaction markers) occupy offsets too: stop at the position.
+            for tp in consumer.position([TopicPartition(topic, p) for p in ends]):
+                if tp.offset >= ends[tp.partition] or tp.offset == OFFSET_END:
+                    done.add(tp.partition)
+        out.sort(key=lambda m: (m.timestamp, m.partition, m.offset))
+        return out[-n:]
+    finally:
+        consumer.close()

@@ -1,0 +1,171 @@
+"""The settings object: built once in the entry point from STREAMQUANT_* variables and an optional file.
+
+Sections are frozen sub-models passed inward (`settings.kafka` to the Kafka layer, and so on).
+Variables are `STREAMQUANT_<SECTION>_<FIELD>`, e.g. `STREAMQUANT_KAFKA_BOOTSTRAP` or
+`STREAMQUANT_KAFKA_SASL_PASSWORD`; a file (TOML or YAML, `--config F` or `STREAMQUANT_CONFIG`) has one
+table per section. Precedence: explicit arguments, then variables, then the file, then defaults.
+Unknown keys anywhere are errors.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from streams.config import KafkaConfig
+from streams.topics import CatalogOptions
+
+ENV_PREFIX = "STREAMQUANT_"
+CONFIG_ENV = "STREAMQUANT_CONFIG"
+
+
+class SettingsError(Exception):
+    """Settings that cannot be loaded: a bad file, an unknown key, an invalid value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    password: SecretStr | None = None
+
+
+class TopicSettings(_Section):
+    prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
+    data_partitions: int = Field(default=8, ge=1, le=1024)
+    command_partitions: int = Field(default=3, ge=1, le=256)
+    replication_factor: int = Field(default=1, ge=1, le=7)
+    retention_hours: float = Field(default=168.0, gt=0)
+
+    def catalog_options(self) -> CatalogOptions:
+        return CatalogOptions(
+            prefix=self.prefix,
+            data_partitions=self.data_partitions,
+            command_partitions=self.command_partitions,
+            replication_factor=self.replication_factor,
+            data_retention_ms=int(self.retention_hours * 3_600_000),
+        )
+
+
+class IngestSettings(_Section):
+    max_batch: int = Field(default=10_000, ge=1, le=1_000_000)
+    max_wait_ms: int = Field(default=50, ge=0, le=60_000)
+    max_tick_bytes: int = Field(default=4096, ge=64, le=1_048_576)
+    wire_format: Literal["json", "avro"] = "json"
+
+
+class DevSettings(_Section):
+    home: Path = Path(".devstack")
+    cache: Path = Path(".cache/kafka")
+    kafka_port: int = 9092
+    controller_port: int = 9093
+    redis_port: int = 6379
+    heap: str = Field(default="1g", pattern=r"^[0-9]+[mMgG]$")
+    start_timeout_s: float = Field(default=90.0, gt=0)
+
+
+class MetricsSettings(_Section):
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+SECTIONS = ("kafka", "redis", "topics", "ingest", "dev", "metrics")
+
+
+class Settings(BaseSettings):
+    """Every setting of a StreamQuant process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    kafka: KafkaConfig = KafkaConfig()
+    redis: RedisSettings = RedisSettings()
+    topics: TopicSettings = TopicSettings()
+    ingest: IngestSettings = IngestSettings()
+    dev: DevSettings = DevSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _FileSource(settings_cls, _FILE_DATA.get("data", {}))
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+# The file's contents for the one load in progress (sources are built by pydantic-settings itself).
+_FILE_DATA: dict[str, dict[str, Any]] = {}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SettingsError(f"cannot read config file {path}: {err.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise SettingsError(f"config file {path} must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+        raise SettingsError(f"config file {path} is not valid: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must hold a table per section")
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise SettingsError(f"config file {path}: unknown section(s) {sorted(unknown)}; known: {list(SECTIONS)}")
+    return data
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Reads variables and the optional file once; unknown STREAMQUANT_* variables are errors."""
+    env = os.environ
+    for name in env:
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper != CONFIG_ENV:
+            section, _, field = upper[len(ENV_PREFIX):].partition("_")
+            if section.lower() not in SECTIONS or not field:
+                raise SettingsError(f"unknown setting {name}; sections are {', '.join(SECTIONS)}")
+    if config_file is None and env.get(CONFIG_ENV):
+        config_file = Path(env[CONFIG_ENV])
+    _FILE_DATA["data"] = read_config_file(config_file) if config_file else {}
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SettingsError(f"invalid setting {where}: {first['msg']}") from None
+    finally:
+        _FILE_DATA.clear()

@@ -1,0 +1,19 @@
+"""Errors of the Kafka layer, under one root so the CLI can turn them into one clear line."""
+
+from __future__ import annotations
+
+
+class StreamsError(Exception):
+    """Root of every error raised by `streams`."""
+
+
+class BrokerUnavailable(StreamsError):
+    """The bootstrap servers did not answer in time."""
+
+
+class TopicError(StreamsError):
+    """A topic could not be created, or exists with settings that differ from the catalog."""
+
+
+class KafkaClientError(StreamsError):
+    """A non-retriable error reported by the Kafka client (authorization, fatal producer error, ...)."""

@@ -1,0 +1,164 @@
+"""The batch source: consume in micro-batches bounded by count and time, with manual offsets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from streams.config import KafkaConfig
+from streams.errors import KafkaClientError
+from streams.metrics import MESSAGES_CONSUMED
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageBatch:
+    """The raw messages of one micro-batch, as parallel columns."""
+
+    topics: list[str]
+    partitions: np.ndarray  # int32
+    offsets: np.ndarray  # int64
+    timestamps: np.ndarray  # int64, ms (broker or producer time)
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    headers: list[Headers | None]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def next_offsets(self) -> dict[tuple[str, int], int]:
+        """Per (topic, partition): the offset to commit after this batch (last offset + 1)."""
+        out: dict[tuple[str, int], int] = {}
+        for topic, partition, offset in zip(self.topics, self.partitions.tolist(), self.offsets.tolist(),
+                                            strict=True):
+            key = (topic, partition)
+            if offset + 1 > out.get(key, -1):
+                out[key] = offset + 1
+        return out
+
+    @classmethod
+    def from_messages(cls, messages: Sequence[Message]) -> MessageBatch:
+        return cls(
+            topics=[cast(str, m.topic()) for m in messages],
+            partitions=np.fromiter((m.partition() for m in messages), np.int32, len(messages)),
+            offsets=np.fromiter((m.offset() for m in messages), np.int64, len(messages)),
+            timestamps=np.fromiter((m.timestamp()[1] for m in messages), np.int64, len(messages)),
+            keys=[m.key() for m in messages],
+            values=[m.value() for m in messages],
+            headers=[cast(Headers | None, m.headers()) for m in messages],
+        )
+
+
+AssignCallback = Callable[[list[tuple[str, int]]], None]
+
+
+class BatchSource:
+    """A consumer-group member that hands out micro-batches and commits offsets only when told."""
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        group_id: str,
+        topics: Sequence[str],
+        *,
+        max_messages: int = 10_000,
+        max_wait_s: float = 0.05,
+        auto_offset_reset: str = "earliest",
+        isolation_level: str = "read_committed",
+        on_assign: AssignCallback | None = None,
+        on_revoke: AssignCallback | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.max_messages = max_messages
+        self.max_wait_s = max_wait_s
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        conf: dict[str, Any] = {
+            **config.client_config(),
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": auto_offset_reset,
+            "isolation.level": isolation_level,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "error_cb": self._on_error,
+            **(extra or {}),
+        }
+        self._fatal: KafkaError | None = None
+        self._consumer = Consumer(conf)
+        self._consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked,
+                                 on_lost=self._revoked)
+
+    # -- the seam processors use
+
+    def next_batch(self, max_messages: int | None = None, max_wait_s: float | None = None) -> MessageBatch:
+        """Up to `max_messages` messages, returning early after `max_wait_s` seconds."""
+        messages = self._consumer.consume(max_messages or self.max_messages,
+                                          self.max_wait_s if max_wait_s is None else max_wait_s)
+        if self._fatal is not None:
+            raise KafkaClientError(f"consumer failed: {self._fatal.str()}")
+        good = []
+        for m in messages:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                continue
+            elif err.fatal() or err.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                                                KafkaError.GROUP_AUTHORIZATION_FAILED):
+                raise KafkaClientError(f"consumer failed: {err.str()}")
+            else:
+                log.warning("consume error (retried by the client): %s", err.str())
+        batch = MessageBatch.from_messages(good)
+        if good:
+            for topic in set(batch.topics):
+                MESSAGES_CONSUMED.labels(topic).inc(batch.topics.count(topic))
+        return batch
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commits the given next-offsets synchronously (at-least-once: after outputs are durable)."""
+        if not offsets:
+            return
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self._consumer.commit(offsets=tps, asynchronous=False)
+        except KafkaException as err:
+            raise KafkaClientError(f"offset commit failed: {err.args[0].str()}") from None
+
+    def committed(self, partitions: Sequence[tuple[str, int]], timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
+        tps = self._consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout_s)
+        return {(tp.topic, tp.partition): tp.offset for tp in tps}
+
+    def assignment(self) -> list[tuple[str, int]]:
+        return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+
+    def group_metadata(self) -> Any:
+        """For a transactional sink: send_offsets_to_transaction needs the group's metadata."""
+        return self._consumer.consumer_group_metadata()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    # -- client callbacks
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err
+        elif err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            log.warning("broker connection: %s", err.str())
+
+    def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._on_assign:
+            self._on_assign([(tp.topic, tp.partition) for tp in partitions])
+
+    def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._on_revoke:
+            self._on_revoke([(tp.topic, tp.partition) for tp in partitions])
