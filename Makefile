@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 SQ := $(BIN)/streamquant
 STAMP := $(VENV)/.installed
 
+# Tests use the local stack unless told otherwise (CI exports the same values after `make up`).
+export STREAMQUANT_KAFKA_BOOTSTRAP ?= 127.0.0.1:9092
+export STREAMQUANT_REDIS_URL ?= redis://127.0.0.1:6379/0
+
 .DEFAULT_GOAL := help
 .PHONY: help install lock lint schemas up down status demo test test-unit test-integration bench clean
 
