@@ -1,10 +1,8 @@
-"""The tick codec: a batch of message values straight into columns (NumPy arrays per field).
+"""Ticks as columns, the per-message reference decoder and the encoders.
 
-This is the hot path of every processor. JSON batches are parsed by Arrow's JSON reader in one call
-and validated with vectorized checks; `decode_tick` is the plain per-message reference that the fast
-path must agree with (a property test holds them together). A bad message never costs the batch: a
-chunk that Arrow refuses is split in halves until the bad messages are isolated, and those go through
-the reference decoder, which says why they are bad.
+`decode_tick` is the plain, obvious decoder of one message: the batch decoder in
+`schemas.tick_decoder` must agree with it on every input (a property test holds them together), and
+it names the reason for every message the batch decoder refuses.
 """
 
 from __future__ import annotations
@@ -17,11 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import fastavro
+import msgspec
 import numpy as np
 import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.json as pj
 
 from schemas.codec import _AVRO_CORRUPT, Reject, by_schema_id_or_reject
 from schemas.errors import InvalidMessage
@@ -34,20 +30,7 @@ EXCHANGE_MAX = 16
 _REQUIRED = ("symbol", "ts", "price", "size")
 _OPTIONAL = ("bid", "ask", "exchange")
 _FIELDS = frozenset(_REQUIRED + _OPTIONAL)
-_SYMBOL_RE = re.compile(SYMBOL_PATTERN)
-_ARROW_SCHEMA = pa.schema(
-    [
-        ("symbol", pa.string()),
-        ("ts", pa.int64()),
-        ("price", pa.float64()),
-        ("size", pa.float64()),
-        ("bid", pa.float64()),
-        ("ask", pa.float64()),
-        ("exchange", pa.string()),
-    ]
-)
-# Below this many messages a refused chunk is decoded one by one instead of split further.
-_SPLIT_FLOOR = 16
+SYMBOL_RE = re.compile(SYMBOL_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +71,75 @@ class TickColumns:
             )
         return out
 
+    def take(self, rows: np.ndarray) -> TickColumns:
+        """The given rows (indices or a boolean mask); dictionaries keep only the values still used."""
+        sym_codes, symbols = _compact(self.symbol_codes[rows], self.symbols)
+        ex_codes, exchanges = _compact(self.exchange_codes[rows], self.exchanges)
+        return TickColumns(sym_codes, symbols, self.ts[rows], self.price[rows], self.size[rows], self.bid[rows],
+                           self.ask[rows], ex_codes, exchanges)
+
     @classmethod
     def from_records(cls, ticks: Sequence[Tick]) -> TickColumns:
-        return _columns_from_table(pa.Table.from_pylist([_tick_dict(t) for t in ticks], schema=_ARROW_SCHEMA))
+        n = len(ticks)
+        nan = math.nan
+        sym_codes, symbols = encode_dictionary([t.symbol for t in ticks])
+        ex_codes, exchanges = encode_dictionary([t.exchange for t in ticks])
+        return TickColumns(
+            symbol_codes=sym_codes,
+            symbols=symbols,
+            ts=np.fromiter((t.ts for t in ticks), np.int64, n),
+            price=np.fromiter((t.price for t in ticks), np.float64, n),
+            size=np.fromiter((t.size for t in ticks), np.float64, n),
+            bid=np.fromiter((nan if t.bid is None else t.bid for t in ticks), np.float64, n),
+            ask=np.fromiter((nan if t.ask is None else t.ask for t in ticks), np.float64, n),
+            exchange_codes=ex_codes,
+            exchanges=exchanges,
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[TickColumns]) -> TickColumns:
+        """Rows of several batches in order, with their dictionaries merged."""
+        if len(parts) == 1:
+            return parts[0]
+        symbols: dict[str, int] = {}
+        exchanges: dict[str, int] = {}
+        sym_codes, ex_codes = [], []
+        for p in parts:
+            remap = np.array([symbols.setdefault(s, len(symbols)) for s in p.symbols] or [0], np.int32)
+            sym_codes.append(remap[p.symbol_codes])
+            ex_map = np.array([exchanges.setdefault(e, len(exchanges)) for e in p.exchanges] + [-1], np.int32)
+            ex_codes.append(ex_map[p.exchange_codes])  # -1 picks the trailing -1
+        return TickColumns(
+            symbol_codes=np.concatenate(sym_codes),
+            symbols=tuple(symbols),
+            ts=np.concatenate([p.ts for p in parts]),
+            price=np.concatenate([p.price for p in parts]),
+            size=np.concatenate([p.size for p in parts]),
+            bid=np.concatenate([p.bid for p in parts]),
+            ask=np.concatenate([p.ask for p in parts]),
+            exchange_codes=np.concatenate(ex_codes),
+            exchanges=tuple(exchanges),
+        )
 
     @classmethod
     def empty(cls) -> TickColumns:
-        return _columns_from_table(_ARROW_SCHEMA.empty_table())
+        return cls.from_records([])
+
+
+def encode_dictionary(values: Sequence[str | None]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Codes (-1 for None) and the distinct values in order of first appearance."""
+    lookup: dict[str | None, int] = {None: -1}
+    codes = np.fromiter((lookup.setdefault(v, len(lookup) - 1) for v in values), np.int32, len(values))
+    return codes, tuple(v for v in lookup if v is not None)
+
+
+def _compact(codes: np.ndarray, dictionary: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
+    used = np.unique(codes[codes >= 0])
+    if len(used) == len(dictionary):
+        return codes, dictionary
+    remap = np.full(len(dictionary) + 1, -1, np.int32)  # the extra slot maps -1 to -1
+    remap[used] = np.arange(len(used), dtype=np.int32)
+    return remap[codes], tuple(dictionary[i] for i in used)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +164,8 @@ def decode_tick(data: bytes | None, max_bytes: int = DEFAULT_MAX_TICK_BYTES) -> 
         obj = _read_avro_tick(data)
     else:
         try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError as err:
+            obj = msgspec.json.decode(data)
+        except msgspec.DecodeError as err:
             raise InvalidMessage("not_json", f"not valid JSON: {err}") from None
     return tick_from_dict(obj)
 
@@ -138,7 +183,7 @@ def tick_from_dict(obj: Any) -> Tick:
     symbol, ts = obj["symbol"], obj["ts"]
     if not isinstance(symbol, str):
         raise InvalidMessage("wrong_type", f"symbol must be a string, got {type(symbol).__name__}")
-    if not _SYMBOL_RE.fullmatch(symbol):
+    if not SYMBOL_RE.fullmatch(symbol):
         raise InvalidMessage("invalid_symbol", f"symbol {symbol[:40]!r} must be 1-32 of A-Z a-z 0-9 . _ : / = ^ -")
     if not isinstance(ts, int) or isinstance(ts, bool):
         raise InvalidMessage("wrong_type", f"ts must be an integer of epoch ms, got {type(ts).__name__}")
@@ -252,163 +297,3 @@ def encode_columns(cols: TickColumns, wire: WireFormat = "json") -> list[bytes]:
             d["exchange"] = exch[ex]
         out.append(dumps(d))
     return out
-
-
-# ---------------------------------------------------------------------- batch decoder
-
-
-class TickDecoder:
-    """Decodes batches of tick messages (JSON or Confluent-framed Avro, mixed) into `DecodedTicks`."""
-
-    def __init__(self, max_bytes: int = DEFAULT_MAX_TICK_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self._parse_options = pj.ParseOptions(explicit_schema=_ARROW_SCHEMA, unexpected_field_behavior="error")
-
-    def decode(self, values: Sequence[bytes | None]) -> DecodedTicks:
-        n = len(values)
-        tables: list[pa.Table] = []
-        table_indices: list[np.ndarray] = []
-        rejects: list[Reject] = []
-        slow_records: list[Tick] = []
-        slow_indices: list[int] = []
-
-        fast: list[int] = []
-        limit = self.max_bytes
-        for i, v in enumerate(values):
-            # Only plain objects go to Arrow: its reader crashes on a top-level `null` row (pyarrow 26),
-            # and Avro frames, blanks and odd shapes are rare enough for the reference decoder.
-            if v is not None and 1 < len(v) <= limit and v[0] == 123 and v[-1] == 125:  # '{' ... '}'
-                fast.append(i)
-            else:
-                self._slow(values, i, slow_records, slow_indices, rejects)
-
-        if fast:
-            fast_values = values if len(fast) == n else [values[i] for i in fast]
-            self._fast(fast_values, np.asarray(fast, dtype=np.int64), tables, table_indices, rejects, values,
-                       slow_records, slow_indices)
-
-        if slow_records:
-            tables.append(pa.Table.from_pylist([_tick_dict(t) for t in slow_records], schema=_ARROW_SCHEMA))
-            table_indices.append(np.asarray(slow_indices, dtype=np.int64))
-        if not tables:
-            return DecodedTicks(TickColumns.empty(), np.empty(0, np.int64), _sorted(rejects))
-        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-        indices = np.concatenate(table_indices) if len(table_indices) > 1 else table_indices[0]
-        if len(indices) > 1 and bool(np.any(np.diff(indices) < 0)):
-            order = np.argsort(indices, kind="stable")
-            table = table.take(pa.array(order))
-            indices = indices[order]
-        return DecodedTicks(_columns_from_table(table), indices, _sorted(rejects))
-
-    # -- internals
-
-    def _slow(
-        self,
-        values: Sequence[bytes | None],
-        i: int,
-        records: list[Tick],
-        indices: list[int],
-        rejects: list[Reject],
-    ) -> None:
-        try:
-            records.append(decode_tick(values[i], self.max_bytes))
-            indices.append(i)
-        except InvalidMessage as err:
-            rejects.append(Reject(i, err.error_class, err.reason))
-
-    def _fast(
-        self,
-        chunk: Sequence[bytes | None],
-        idx: np.ndarray,
-        tables: list[pa.Table],
-        table_indices: list[np.ndarray],
-        rejects: list[Reject],
-        values: Sequence[bytes | None],
-        slow_records: list[Tick],
-        slow_indices: list[int],
-    ) -> None:
-        table = self._parse(chunk)
-        if table is None:
-            if len(chunk) <= _SPLIT_FLOOR:
-                for i in idx.tolist():
-                    self._slow(values, i, slow_records, slow_indices, rejects)
-                return
-            mid = len(chunk) // 2
-            self._fast(chunk[:mid], idx[:mid], tables, table_indices, rejects, values, slow_records, slow_indices)
-            self._fast(chunk[mid:], idx[mid:], tables, table_indices, rejects, values, slow_records, slow_indices)
-            return
-        ok = _valid_rows(table)
-        if ok.all():
-            tables.append(table)
-            table_indices.append(idx)
-            return
-        # The reference decoder names the reason; rare, so per message is fine.
-        for i in idx[~ok].tolist():
-            self._slow(values, i, slow_records, slow_indices, rejects)
-        tables.append(table.filter(pa.array(ok)))
-        table_indices.append(idx[ok])
-
-    def _parse(self, chunk: Sequence[bytes | None]) -> pa.Table | None:
-        joined = b"\n".join(chunk)  # type: ignore[arg-type]
-        # A message holding a newline would be read as several rows (or none): leave it to the reference.
-        if joined.count(b"\n") != len(chunk) - 1:
-            return None
-        try:
-            # One block for the whole chunk: a single parse on the calling thread.
-            options = pj.ReadOptions(use_threads=False, block_size=len(joined) + 1)
-            table = pj.read_json(io.BytesIO(joined), read_options=options, parse_options=self._parse_options)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return None
-        if table.num_rows != len(chunk):  # blank messages are skipped by the reader
-            return None
-        return table
-
-
-def _valid_rows(t: pa.Table) -> np.ndarray:
-    """Vectorized twin of `tick_from_dict` over a parsed table: True where the row is valid."""
-
-    def mask(expr: pa.ChunkedArray | pa.Array) -> np.ndarray:
-        return np.asarray(pc.fill_null(expr, False).to_numpy(zero_copy_only=False), dtype=bool)
-
-    price = t.column("price")
-    size = t.column("size")
-    ok = mask(pc.match_substring_regex(t.column("symbol"), SYMBOL_PATTERN))
-    ok &= mask(pc.and_(pc.greater_equal(t.column("ts"), TS_MIN_MS), pc.less_equal(t.column("ts"), TS_MAX_MS)))
-    ok &= mask(pc.and_(pc.is_finite(price), pc.greater(price, 0.0)))
-    ok &= mask(pc.and_(pc.is_finite(size), pc.greater_equal(size, 0.0)))
-    for name in ("bid", "ask"):
-        col = t.column(name)
-        if col.null_count != len(col):
-            ok &= mask(pc.or_kleene(pc.is_null(col), pc.and_(pc.is_finite(col), pc.greater(col, 0.0))))
-    ex = t.column("exchange")
-    if ex.null_count != len(ex):
-        length = pc.utf8_length(ex)
-        ok &= mask(pc.or_kleene(pc.is_null(ex), pc.and_(pc.greater_equal(length, 1),
-                                                        pc.less_equal(length, EXCHANGE_MAX))))
-    return ok
-
-
-def _columns_from_table(t: pa.Table) -> TickColumns:
-    t = t.combine_chunks()
-    sym = pc.dictionary_encode(t.column("symbol")).combine_chunks()
-    ex = pc.dictionary_encode(t.column("exchange")).combine_chunks()
-    ex_codes = ex.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-
-    def floats(name: str) -> np.ndarray:
-        return np.asarray(t.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
-
-    return TickColumns(
-        symbol_codes=sym.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False),
-        symbols=tuple(sym.dictionary.to_pylist()),
-        ts=np.asarray(t.column("ts").to_numpy(zero_copy_only=False), dtype=np.int64),
-        price=floats("price"),
-        size=floats("size"),
-        bid=floats("bid"),
-        ask=floats("ask"),
-        exchange_codes=ex_codes,
-        exchanges=tuple(ex.dictionary.to_pylist()),
-    )
-
-
-def _sorted(rejects: list[Reject]) -> list[Reject]:
-    return sorted(rejects, key=lambda r: r.index)

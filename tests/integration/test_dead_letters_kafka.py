@@ -7,7 +7,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
-from schemas.ticks import TickDecoder
+from schemas.tick_decoder import TickDecoder
 from streams.config import KafkaConfig
 from streams.dlq import dead_letters_for, header_dict
 from streams.metrics import DEAD_LETTERS

@@ -8,7 +8,8 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from processors.synthetic import MarketSpec, TickGenerator
-from schemas.ticks import TickDecoder, encode_columns
+from schemas.tick_decoder import TickDecoder
+from schemas.ticks import encode_columns
 from streams.config import KafkaConfig
 from streams.sink import KafkaSink
 from streams.source import BatchSource

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.ticks import TickDecoder
+from schemas.tick_decoder import TickDecoder
 from streams.dlq import dead_letters_for, header_dict
 from streams.source import MessageBatch
 

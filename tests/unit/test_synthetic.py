@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from processors.synthetic import MS_PER_YEAR, MarketSpec, TickGenerator
-from schemas.ticks import TickDecoder, encode_columns
+from schemas.tick_decoder import TickDecoder
+from schemas.ticks import encode_columns
 
 
 def test_same_seed_same_ticks_and_different_seed_different_ticks() -> None:

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from schemas.errors import InvalidMessage
 from schemas.records import Tick
-from schemas.ticks import TickColumns, TickDecoder, decode_tick, encode_columns, encode_tick
+from schemas.tick_decoder import TickDecoder
+from schemas.ticks import TickColumns, decode_tick, encode_columns, encode_tick
 from tests.strategies import records
 
 GOOD = {"symbol": "AAPL", "ts": 1_700_000_000_000, "price": 189.52, "size": 100}
@@ -99,7 +100,17 @@ any_message = st.one_of(
     avro_tick_bytes,
     st.binary(max_size=60),
     st.sampled_from([b"", b" ", b"{}", b"[]", b"null", b"\n", b"{}\n{}", b'{"a":1} {"b":2}', b"\x00\x00\x00\x00\x01",
-                     b'{"symbol":"A","ts":99999999999999999999999,"price":1,"size":1}']),
+                     b'{"symbol":"A","ts":99999999999999999999999,"price":1,"size":1}',
+                     b'{"symbol":"A","ts":1700000000000,"price":99999999999999999999999,"size":1}',
+                     b'{"symbol":"A","ts":1700000000000,"price":1e400,"size":1}',
+                     b'{"symbol":"A","symbol":"B","ts":1700000000000,"price":1,"size":1}',
+                     b'{"symbol":"A","ts":1700000000000,"price":1,"size":1,"size":-1}',
+                     b'{"symbol":"\\ud800","ts":1700000000000,"price":1,"size":1}',
+                     b'{"symbol":"\\u0041","ts":1700000000000,"price":1,"size":1}',
+                     b'{"symbol":"A","ts":1700000000000,"price":1,"size":1,"bid":null,"exchange":null}',
+                     b'{"symbol":"A","ts":1E12,"price":1,"size":1}',
+                     b'{"symbol":"A","ts":1700000000000,"price":1,"size":1}  ',
+                     b'  {"symbol":"A","ts":1700000000000,"price":1,"size":1}']),
     st.none(),
 )
 
