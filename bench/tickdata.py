@@ -15,8 +15,9 @@ def make_messages(n: int, symbols: int = 500, seed: int = 42, bad_every: int = 0
     while len(out) < n:
         out += encode_columns(gen.next_chunk(min(100_000, n - len(out))))
     if bad_every:
-        for i in range(bad_every // 2, n, bad_every):
-            out[i] = b'{"symbol":"BAD","ts":1700000000000,"price":-1,"size":1}' if i % 2 else out[i][:-7]
+        # Alternate a value error (negative price) and a truncated message (malformed JSON).
+        for k, i in enumerate(range(bad_every // 2, n, bad_every)):
+            out[i] = b'{"symbol":"BAD","ts":1700000000000,"price":-1,"size":1}' if k % 2 else out[i][:-7]
     return out
 
 

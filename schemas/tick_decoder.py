@@ -9,6 +9,7 @@ reference decoder `schemas.ticks.decode_tick`, which names the reason.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from operator import attrgetter
 from typing import Annotated
@@ -98,15 +99,34 @@ class TickDecoder:
 
     def _fast(self, chunk: Sequence[bytes], idx: np.ndarray, parts: list[TickColumns],
               part_indices: list[np.ndarray], slow: list[int]) -> None:
-        rows = _parse(chunk)
-        if rows is None:
-            if len(chunk) <= _SPLIT_FLOOR:
-                slow += idx.tolist()
+        """Parses the messages; on a failure, sets aside the message the parser blamed and goes on after it."""
+        joined = _Joined(chunk)
+        self._span(joined, 0, len(chunk), idx, parts, part_indices, slow)
+
+    def _span(self, joined: _Joined, lo: int, hi: int, idx: np.ndarray, parts: list[TickColumns],
+              part_indices: list[np.ndarray], slow: list[int]) -> None:
+        start = lo
+        while start < hi:
+            rows, blamed = joined.parse(start, hi)
+            if rows is not None:
+                self._keep(rows, idx[start:hi], parts, part_indices, slow)
                 return
-            mid = len(chunk) // 2
-            self._fast(chunk[:mid], idx[:mid], parts, part_indices, slow)
-            self._fast(chunk[mid:], idx[mid:], parts, part_indices, slow)
-            return
+            if blamed is None:  # the parser could not say where: halve
+                if hi - start <= _SPLIT_FLOOR:
+                    slow += idx[start:hi].tolist()
+                    return
+                mid = (start + hi) // 2
+                self._span(joined, start, mid, idx, parts, part_indices, slow)
+                self._span(joined, mid, hi, idx, parts, part_indices, slow)
+                return
+            if blamed > start:
+                self._span(joined, start, blamed, idx, parts, part_indices, slow)
+            slow.append(int(idx[blamed]))
+            start = blamed + 1
+
+    @staticmethod
+    def _keep(rows: list[_WireTick], idx: np.ndarray, parts: list[TickColumns], part_indices: list[np.ndarray],
+              slow: list[int]) -> None:
         columns, ok = _columns(rows)
         if ok is None:
             parts.append(columns)
@@ -119,18 +139,50 @@ class TickDecoder:
             part_indices.append(idx[ok])
 
 
-def _parse(chunk: Sequence[bytes]) -> list[_WireTick] | None:
-    """One parse for the whole chunk, or None when any message in it is not a well-typed tick object.
+_AT_ELEMENT = re.compile(r"at `\$\[(\d+)\]")
+_AT_BYTE = re.compile(r"\(byte (\d+)\)")
 
-    The messages are joined into one JSON array. A message cannot smuggle in a second element without
-    another message losing its only one (an empty slot is a syntax error), so the count check is enough
-    to know that row i is message i.
+
+class _Joined:
+    """The messages of a chunk joined once by commas; any run of them parses as one JSON array.
+
+    A message cannot smuggle in a second array element without another message losing its only one
+    (an empty slot is a syntax error), so when the row count matches, row i is message i. When a parse
+    fails, msgspec names the element (type errors) or the byte (syntax errors); the message that holds
+    it is blamed. It may be innocent (an unterminated string is noticed later): it then simply takes the
+    reference path.
     """
-    try:
-        rows = _ARRAY.decode(b"[" + b",".join(chunk) + b"]")
-    except msgspec.DecodeError:
-        return None
-    return rows if len(rows) == len(chunk) else None
+
+    def __init__(self, chunk: Sequence[bytes]) -> None:
+        self.buf = bytearray(b"[" + b",".join(chunk) + b"]")
+        lengths = np.fromiter(map(len, chunk), np.int64, len(chunk))
+        # Message i occupies buf[starts[i] : starts[i + 1] - 1]; the byte before it is "[" or a comma.
+        self.starts = np.ones(len(chunk) + 1, np.int64)
+        np.cumsum(lengths + 1, out=self.starts[1:])
+        self.starts[1:] += 1
+
+    def parse(self, lo: int, hi: int) -> tuple[list[_WireTick] | None, int | None]:
+        """Rows of messages lo..hi-1, or None and the index of the blamed message (None: unknown)."""
+        open_at, close_at = int(self.starts[lo]) - 1, int(self.starts[hi]) - 1
+        buf = self.buf
+        saved = buf[open_at], buf[close_at]
+        # Turn the separators around the run into brackets and parse it in place: no copy.
+        buf[open_at], buf[close_at] = 0x5B, 0x5D
+        try:
+            with memoryview(buf) as view:
+                rows = _ARRAY.decode(view[open_at : close_at + 1])
+        except msgspec.ValidationError as err:
+            m = _AT_ELEMENT.search(str(err))
+            return None, (lo + int(m.group(1)) if m and lo + int(m.group(1)) < hi else None)
+        except msgspec.DecodeError as err:
+            m = _AT_BYTE.search(str(err))
+            if m is None:
+                return None, None
+            at = open_at + int(m.group(1))
+            return None, min(max(int(np.searchsorted(self.starts, at, side="right")) - 1, lo), hi - 1)
+        finally:
+            buf[open_at], buf[close_at] = saved
+        return (rows, None) if len(rows) == hi - lo else (None, None)
 
 
 def _columns(rows: list[_WireTick]) -> tuple[TickColumns, np.ndarray | None]:
