@@ -63,8 +63,14 @@ test-unit: $(STAMP) ## Unit tests only (no broker)
 test-integration: $(STAMP) ## Integration tests only (real Kafka and Redis)
 	@$(PYTEST) -q tests/integration
 
-bench: $(STAMP) ## Decode benchmark (bench/RESULTS.md records the figures)
-	$(BIN)/python -m bench.decode_ticks
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: bench/peers-requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet -r bench/peers-requirements.txt
+	touch $@
+
+bench: $(STAMP) $(BENCH_VENV)/.installed ## Decode benchmark against the peers, one run (figures: bench/RESULTS.md)
+	$(BIN)/python -m bench.decode_ticks --peers-python $(BENCH_VENV)/bin/python
 
 clean: ## Remove caches (keeps .venv and the Kafka jar cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
