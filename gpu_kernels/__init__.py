@@ -1,0 +1,1 @@
+"""Pure array kernels on NumPy or CuPy (indicators, bars, backtests, inference): none written yet."""

@@ -1,0 +1,1 @@
+"""Wiring only: the settings object, the `streamquant` CLI and the local dev stack."""

@@ -64,12 +64,13 @@ def produce_ticks(
     seconds: Annotated[float | None, typer.Option(min=0, help="how long to produce")] = None,
     count: Annotated[int | None, typer.Option(min=1, help="how many ticks to produce")] = None,
     seed: Annotated[int, typer.Option(help="seed of the synthetic market")] = 1,
-    wire: Annotated[str, typer.Option("--format", help="json or avro")] = "json",
+    wire: Annotated[str | None, typer.Option("--format", help="json or avro (default: ingest.wire_format)")] = None,
     from_file: Annotated[Path | None, typer.Option("--from-file", help="replay a CSV or Parquet file")] = None,
     topic: Annotated[str, typer.Option(help="logical topic")] = "ticks",
 ) -> None:
     """Produce seeded geometric-Brownian-motion ticks (or replay a file) with a live rate line."""
     settings = _settings(ctx)
+    wire = wire or settings.ingest.wire_format
     if wire not in ("json", "avro"):
         raise UserError(f"--format must be json or avro, not {wire!r}")
     fmt: Literal["json", "avro"] = "json" if wire == "json" else "avro"
@@ -212,7 +213,7 @@ def tail(
     if partitions is None:
         raise UserError(f"topic {full} does not exist (create the catalog with `streamquant topics create`)")
     spec = catalog.spec(topic)
-    render = _renderer(spec.record, raw)
+    render = _renderer(spec.record, raw, settings.ingest.max_tick_bytes)
     messages = newest_messages(settings.kafka, full, partitions, n)
     if not messages:
         console.print(f"[dim]{full} is empty[/]")
@@ -223,7 +224,7 @@ def tail(
                       highlight=False, soft_wrap=True)
 
 
-def _renderer(record: str, raw: bool) -> Any:
+def _renderer(record: str, raw: bool, max_tick_bytes: int) -> Any:
     def as_text(value: bytes | None) -> str:
         return "(null)" if value is None else value.decode("utf-8", "replace")
 
@@ -232,7 +233,7 @@ def _renderer(record: str, raw: bool) -> Any:
     if record == "Tick":
         def tick(value: bytes | None, _headers: Any) -> str:
             try:
-                return orjson.dumps(to_dict(decode_tick(value))).decode()
+                return orjson.dumps(to_dict(decode_tick(value, max_tick_bytes))).decode()
             except InvalidMessage as err:
                 return f"<undecodable: {err.error_class}: {err.reason}>"
         return tick

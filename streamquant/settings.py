@@ -57,6 +57,8 @@ class TopicSettings(_Section):
 
 
 class IngestSettings(_Section):
+    """Micro-batch bounds of the processors, and the tick wire format and size limit."""
+
     max_batch: int = Field(default=10_000, ge=1, le=1_000_000)
     max_wait_ms: int = Field(default=50, ge=0, le=60_000)
     max_tick_bytes: int = Field(default=4096, ge=64, le=1_048_576)
@@ -73,11 +75,7 @@ class DevSettings(_Section):
     start_timeout_s: float = Field(default=90.0, gt=0)
 
 
-class MetricsSettings(_Section):
-    port: int = Field(default=9464, ge=0, le=65535)
-
-
-SECTIONS = ("kafka", "redis", "topics", "ingest", "dev", "metrics")
+SECTIONS = ("kafka", "redis", "topics", "ingest", "dev")
 
 
 class Settings(BaseSettings):
@@ -97,7 +95,6 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     ingest: IngestSettings = IngestSettings()
     dev: DevSettings = DevSettings()
-    metrics: MetricsSettings = MetricsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -43,6 +43,8 @@ class KafkaSink:
             "acks": "all",
             "linger.ms": 5,
             "compression.type": "lz4",
+            # Java's partitioner: the same key lands on the same partition whichever client wrote it.
+            "partitioner": "murmur2_random",
             "error_cb": self._on_error,
             **(extra or {}),
         }

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from streams.config import KafkaConfig
+from streams.sink import KafkaSink
+
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "streamquant", *args], capture_output=True, text=True,
@@ -21,7 +24,8 @@ def test_dev_status_reports_both_services_up() -> None:
     assert result.stdout.count(" up ") >= 2
 
 
-def test_topics_produce_and_tail_under_a_prefix(admin: AdminClient, unique: str, tmp_path: Path) -> None:
+def test_topics_produce_and_tail_under_a_prefix(admin: AdminClient, kafka: KafkaConfig, unique: str,
+                                                tmp_path: Path) -> None:
     prefix = f"cli-{unique}."
     env = {"STREAMQUANT_TOPICS_PREFIX": prefix, "STREAMQUANT_TOPICS_DATA_PARTITIONS": "2"}
     try:
@@ -49,6 +53,18 @@ def test_topics_produce_and_tail_under_a_prefix(admin: AdminClient, unique: str,
         assert len(lines) == 306
         assert "undecodable" not in tailed.stdout
         assert any('"symbol":"ZZZ"' in line and '"exchange":"XNAS"' in line for line in lines)
+
+        # A dead letter shows with its reason and origin.
+        sink = KafkaSink(kafka)
+        sink.write(f"{prefix}ticks.dlq", b"K", b"{broken", [("sq.error.class", b"not_json"),
+                                                          ("sq.error.reason", b"not valid JSON: x"),
+                                                          ("sq.source.topic", f"{prefix}ticks".encode()),
+                                                          ("sq.source.partition", b"1"),
+                                                          ("sq.source.offset", b"42")])
+        sink.flush()
+        dlq = cli("tail", "ticks.dlq", **env)
+        assert dlq.returncode == 0, dlq.stderr
+        assert f"not_json: not valid JSON: x (from {prefix}ticks:1:42)" in dlq.stdout
     finally:
         names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
         if names:
