@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from bench.tickdata import make_messages, save
+from bench.peerkit import columns_from_rows, save
+from bench.tickdata import make_messages
 from schemas.tick_decoder import TickDecoder
 from schemas.ticks import decode_tick
 
@@ -38,14 +39,7 @@ def per_message(loads: Callable[[bytes], dict]) -> Callable[[list[bytes]], None]
     """The loop a confluent-kafka user writes: parse each message, then build columns (no validation)."""
 
     def run(values: list[bytes]) -> None:
-        rows = [loads(v) for v in values]
-        np.array([r["ts"] for r in rows], dtype=np.int64)
-        np.array([r["price"] for r in rows], dtype=np.float64)
-        np.array([r["size"] for r in rows], dtype=np.float64)
-        np.array([r.get("bid", np.nan) for r in rows], dtype=np.float64)
-        np.array([r.get("ask", np.nan) for r in rows], dtype=np.float64)
-        [r["symbol"] for r in rows]
-        [r.get("exchange") for r in rows]
+        columns_from_rows([loads(v) for v in values])
 
     return run
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import fastavro
+import msgspec
 import orjson
 from jsonschema import Draft202012Validator
 
@@ -143,23 +144,28 @@ class RecordCodec(Generic[T]):
 
     def _decode_json(self, data: bytes) -> Any:
         try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError as err:
+            return msgspec.json.decode(data)
+        except msgspec.DecodeError as err:
             raise InvalidMessage("not_json", f"not valid JSON: {err}") from None
 
     def _decode_avro(self, data: bytes) -> Any:
-        sid, payload = unframe_avro(data)
-        name, version = by_schema_id_or_reject(sid)
-        if (name, version) != (self.name, self.version):
-            raise InvalidMessage("unknown_schema", f"schema id {sid} is {name} v{version}, not {self.name}")
-        buf = io.BytesIO(payload)
-        try:
-            obj = fastavro.schemaless_reader(buf, self._avro, None)
-        except _AVRO_CORRUPT as err:
-            raise InvalidMessage("bad_avro", f"cannot decode Avro payload: {type(err).__name__}") from None
-        if buf.tell() != len(payload):
-            raise InvalidMessage("bad_avro", f"{len(payload) - buf.tell()} trailing bytes after the record")
-        return obj
+        return read_avro(data, self._avro, self.name, self.version)
+
+
+def read_avro(data: bytes, parsed_schema: Any, name: str, version: int) -> Any:
+    """A Confluent-framed Avro message that must hold record `name` v`version`, as plain data."""
+    sid, payload = unframe_avro(data)
+    found = by_schema_id_or_reject(sid)
+    if found != (name, version):
+        raise InvalidMessage("unknown_schema", f"schema id {sid} is {found[0]} v{found[1]}, not {name}")
+    buf = io.BytesIO(payload)
+    try:
+        obj = fastavro.schemaless_reader(buf, parsed_schema, None)
+    except _AVRO_CORRUPT as err:
+        raise InvalidMessage("bad_avro", f"cannot decode Avro payload: {type(err).__name__}") from None
+    if buf.tell() != len(payload):
+        raise InvalidMessage("bad_avro", f"{len(payload) - buf.tell()} trailing bytes after the record")
+    return obj
 
 
 def by_schema_id_or_reject(sid: int) -> tuple[str, int]:

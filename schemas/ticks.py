@@ -19,11 +19,11 @@ import msgspec
 import numpy as np
 import orjson
 
-from schemas.codec import _AVRO_CORRUPT, Reject, by_schema_id_or_reject
+from schemas.codec import Reject, read_avro
 from schemas.errors import InvalidMessage
 from schemas.records import SYMBOL_PATTERN, TS_MAX_MS, TS_MIN_MS, Tick
 from schemas.registry import load_avro_schema, schema_id
-from schemas.wire import WireFormat, frame_avro, unframe_avro
+from schemas.wire import WireFormat, frame_avro
 
 DEFAULT_MAX_TICK_BYTES = 4096
 EXCHANGE_MAX = 16
@@ -233,18 +233,7 @@ _TICK_SCHEMA_ID = schema_id("Tick", 1)
 
 
 def _read_avro_tick(data: bytes) -> Any:
-    sid, payload = unframe_avro(data)
-    name, _ = by_schema_id_or_reject(sid)
-    if sid != _TICK_SCHEMA_ID:
-        raise InvalidMessage("unknown_schema", f"schema id {sid} is {name}, not Tick")
-    buf = io.BytesIO(payload)
-    try:
-        obj = fastavro.schemaless_reader(buf, _AVRO_TICK, None)
-    except _AVRO_CORRUPT as err:
-        raise InvalidMessage("bad_avro", f"cannot decode Avro payload: {type(err).__name__}") from None
-    if buf.tell() != len(payload):
-        raise InvalidMessage("bad_avro", f"{len(payload) - buf.tell()} trailing bytes after the record")
-    return obj
+    return read_avro(data, _AVRO_TICK, "Tick", 1)
 
 
 # ---------------------------------------------------------------------- encoder
