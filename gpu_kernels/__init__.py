@@ -1,1 +1,1 @@
-"""Pure array kernels on NumPy or CuPy (indicators, bars, backtests, inference): none written yet."""
+"""Pure array kernels (bars so far; indicators, backtests and inference next). No Kafka, no state of their own."""
