@@ -1,0 +1,174 @@
+"""Feature sets: indicator names (`sma_20`, `macd_hist_12_26_9`, ...) to kernels, with their state.
+
+A `FeatureSet` parses the names once. `compute` takes bars grouped into segments (consecutive bars of
+one series in time order, `seg_slot` naming the series' state row) and the state, and returns one
+column per name plus the new state. The state is plain arrays, so a processor can write it to a
+changelog and restore it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpu_kernels import indicators as ind
+
+DEFAULT_FEATURES = (
+    "sma_20", "ema_12", "ema_26", "rsi_14", "macd_12_26_9", "macd_signal_12_26_9", "macd_hist_12_26_9",
+    "bb_upper_20_2", "bb_middle_20_2", "bb_lower_20_2", "atr_14", "obv", "logret_1", "vol_20",
+)
+
+_NUM = r"(\d+(?:\.\d+)?)"
+_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^(sma|ema|rsi|atr|vol)_(\d+)$"), "single"),
+    (re.compile(r"^macd(_signal|_hist)?_(\d+)_(\d+)_(\d+)$"), "macd"),
+    (re.compile(rf"^bb_(upper|middle|lower)_(\d+)_{_NUM}$"), "bb"),
+    (re.compile(r"^obv$"), "obv"),
+    (re.compile(r"^logret_1$"), "logret"),
+]
+
+
+class FeatureError(ValueError):
+    """An indicator name that is not known or has impossible parameters."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """One kernel run that fills one or more named columns."""
+
+    kind: str
+    params: tuple[float, ...]
+    width: int
+    columns: dict[str, int]  # feature name -> output column of the kernel
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureState:
+    """Per group: bars seen per series, and the float state row per series."""
+
+    counts: tuple[np.ndarray, ...]
+    vals: tuple[np.ndarray, ...]
+
+    @property
+    def slots(self) -> int:
+        return len(self.counts[0]) if self.counts else 0
+
+
+class FeatureSet:
+    """The configured indicators, parsed and grouped into kernel runs."""
+
+    def __init__(self, names: Sequence[str] = DEFAULT_FEATURES) -> None:
+        if len(set(names)) != len(names):
+            raise FeatureError("feature names repeat")
+        self.names = tuple(names)
+        groups: dict[tuple[str, tuple[float, ...]], dict[str, int]] = {}
+        for name in names:
+            kind, params, column = _parse(name)
+            groups.setdefault((kind, params), {})[name] = column
+        self._groups = [_Group(kind, params, _width(kind, params), cols) for (kind, params), cols in groups.items()]
+
+    def empty_state(self, slots: int = 0) -> FeatureState:
+        return FeatureState(
+            counts=tuple(np.zeros(slots, np.int64) for _ in self._groups),
+            vals=tuple(np.zeros((slots, g.width), np.float64) for g in self._groups),
+        )
+
+    def grow(self, state: FeatureState, slots: int) -> FeatureState:
+        """The same state with room for `slots` series (new ones start empty)."""
+        if slots <= state.slots:
+            return state
+        extra = slots - state.slots
+        return FeatureState(
+            counts=tuple(np.concatenate((c, np.zeros(extra, np.int64))) for c in state.counts),
+            vals=tuple(np.concatenate((v, np.zeros((extra, v.shape[1])))) for v in state.vals),
+        )
+
+    def compute(self, state: FeatureState, seg_slot: np.ndarray, seg_lo: np.ndarray, seg_hi: np.ndarray,
+                high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray
+                ) -> tuple[dict[str, np.ndarray], FeatureState]:
+        """Columns for every row of the segments, and the state after them."""
+        rows = len(close)
+        seg_slot = np.asarray(seg_slot, np.int64)
+        seg_lo = np.asarray(seg_lo, np.int64)
+        seg_hi = np.asarray(seg_hi, np.int64)
+        if len(seg_slot) and int(seg_slot.max()) >= state.slots:
+            state = self.grow(state, int(seg_slot.max()) + 1)
+        out: dict[str, np.ndarray] = {}
+        counts_out, vals_out = [], []
+        for group, counts, vals in zip(self._groups, state.counts, state.vals, strict=True):
+            counts, vals = counts.copy(), vals.copy()
+            cols = _run(group, seg_slot, seg_lo, seg_hi, high, low, close, volume, counts, vals, rows)
+            for name, column in group.columns.items():
+                out[name] = cols[column]
+            counts_out.append(counts)
+            vals_out.append(vals)
+        return {name: out[name] for name in self.names}, FeatureState(tuple(counts_out), tuple(vals_out))
+
+
+def _parse(name: str) -> tuple[str, tuple[float, ...], int]:
+    for pattern, family in _PATTERNS:
+        m = pattern.match(name)
+        if not m:
+            continue
+        if family == "single":
+            kind, period = m.group(1), int(m.group(2))
+            if period < (2 if kind in ("rsi", "vol") else 1):
+                raise FeatureError(f"{name}: period too small")
+            if kind == "vol":
+                return "logret_std", (float(period),), 1
+            return kind, (float(period),), 0
+        if family == "macd":
+            fast, slow, signal = int(m.group(2)), int(m.group(3)), int(m.group(4))
+            if not 1 < fast < slow or signal < 1:
+                raise FeatureError(f"{name}: MACD needs 1 < fast < slow and signal >= 1")
+            return "macd", (float(fast), float(slow), float(signal)), {None: 0, "_signal": 1, "_hist": 2}[m.group(1)]
+        if family == "bb":
+            period, k = int(m.group(2)), float(m.group(3))
+            if period < 2:
+                raise FeatureError(f"{name}: period too small")
+            return "bb", (float(period), k), {"upper": 0, "middle": 1, "lower": 2}[m.group(1)]
+        if family == "obv":
+            return "obv", (), 0
+        return "logret_std", (0.0,), 0
+    raise FeatureError(f"unknown feature {name!r}; known: sma_N, ema_N, rsi_N, atr_N, vol_N, "
+                       "macd[_signal|_hist]_F_S_G, bb_upper|middle|lower_N_K, obv, logret_1")
+
+
+def _width(kind: str, params: tuple[float, ...]) -> int:
+    if kind in ("sma", "bb"):
+        return 1 + int(params[0])
+    if kind == "logret_std":
+        return 1 + int(params[0])
+    return {"ema": 1, "rsi": 3, "macd": 3, "atr": 2, "obv": 2}[kind]
+
+
+def _run(g: _Group, seg_slot: np.ndarray, seg_lo: np.ndarray, seg_hi: np.ndarray, high: np.ndarray,
+         low: np.ndarray, close: np.ndarray, volume: np.ndarray, counts: np.ndarray, vals: np.ndarray,
+         rows: int) -> list[np.ndarray]:
+    p = g.params
+    if g.kind in ("macd", "bb"):
+        out = np.full((rows, 3), np.nan)
+        if g.kind == "macd":
+            ind.macd(seg_slot, seg_lo, seg_hi, close, int(p[0]), int(p[1]), int(p[2]), counts, vals, out)
+        else:
+            ind.bbands(seg_slot, seg_lo, seg_hi, close, int(p[0]), p[1], counts, vals, out)
+        return [out[:, 0], out[:, 1], out[:, 2]]
+    if g.kind == "logret_std":
+        lr, sd = np.full(rows, np.nan), np.full(rows, np.nan)
+        ind.logret_std(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, lr, sd)
+        return [lr, sd]
+    out1 = np.full(rows, np.nan)
+    if g.kind == "sma":
+        ind.sma(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, out1)
+    elif g.kind == "ema":
+        ind.ema(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, out1)
+    elif g.kind == "rsi":
+        ind.rsi(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, out1)
+    elif g.kind == "atr":
+        ind.atr(seg_slot, seg_lo, seg_hi, high, low, close, int(p[0]), counts, vals, out1)
+    elif g.kind == "obv":
+        ind.obv(seg_slot, seg_lo, seg_hi, close, volume, counts, vals, out1)
+    return [out1]
