@@ -119,6 +119,7 @@ class FeatureEngine:
                 slot_symbol = {slot: sym for (sym, _iv), slot in slots.items()}
             closed.append(ClosedBars(iv, np.array([slot_symbol[int(k)] for k in b.key], dtype=object), b.start,
                                      b.open, b.high, b.low, b.close, b.volume, b.vwap, b.trades, values))
+        fstate = self.feature_set.grow(fstate, len(slots))  # every series has a state row, bars or not
         late_reason = ["late: " + "; ".join(reasons[i]) for i in sorted(reasons)]
         touched = set(symbols[c] for c in np.unique(ticks.symbol_codes).tolist()) if n else set()
         return EngineOutput(closed, late, late_reason, touched), PartitionState(slots, bar_states, fstate)

@@ -131,9 +131,10 @@ def _create_topics(settings: Settings, *, quiet_unchanged: bool) -> bool:
 
 # ---------------------------------------------------------------------- entry point
 
-from streamquant import cli_stream  # noqa: E402  (registers produce/tail on `app`)
+from streamquant import cli_run, cli_stream  # noqa: E402  (register their commands on `app`)
 
 cli_stream.register(app)
+cli_run.register(app)
 
 USER_ERRORS = (UserError, SettingsError, DevStackError, StreamsError, SchemaError)
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gpu_kernels.features import DEFAULT_FEATURES
 from streams.config import KafkaConfig
 from streams.topics import CatalogOptions
 
@@ -75,7 +76,21 @@ class DevSettings(_Section):
     start_timeout_s: float = Field(default=90.0, gt=0)
 
 
-SECTIONS = ("kafka", "redis", "topics", "ingest", "dev")
+class MetricsSettings(_Section):
+    port: int = Field(default=9464, ge=0, le=65535, description="Prometheus /metrics port (0: off)")
+
+
+class FeaturesSettings(_Section):
+    """The feature processor."""
+
+    group: str = "streamquant-features"
+    instance_id: str | None = Field(default=None, description="stable per instance; default: the host name")
+    intervals: tuple[str, ...] = ("1s", "1m")
+    lateness_ms: int = Field(default=0, ge=0)
+    features: tuple[str, ...] = DEFAULT_FEATURES
+
+
+SECTIONS = ("kafka", "redis", "topics", "ingest", "dev", "metrics", "features")
 
 
 class Settings(BaseSettings):
@@ -95,6 +110,8 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     ingest: IngestSettings = IngestSettings()
     dev: DevSettings = DevSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    features: FeaturesSettings = FeaturesSettings()
 
     @classmethod
     def settings_customise_sources(

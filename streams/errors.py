@@ -17,3 +17,11 @@ class TopicError(StreamsError):
 
 class KafkaClientError(StreamsError):
     """A non-retriable error reported by the Kafka client (authorization, fatal producer error, ...)."""
+
+
+class TransactionAborted(StreamsError):
+    """The current transaction had to be aborted: rewind to the committed offsets and process again."""
+
+
+class ProducerFenced(StreamsError):
+    """The transactional producer hit a fatal error (fenced by a newer instance, or broken): recreate it."""

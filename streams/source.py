@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams.config import KafkaConfig
 from streams.errors import KafkaClientError
@@ -33,6 +33,16 @@ class MessageBatch:
 
     def __len__(self) -> int:
         return len(self.values)
+
+    def first_offsets(self) -> dict[tuple[str, int], int]:
+        """Per (topic, partition): the first offset of this batch (where to seek to read it again)."""
+        out: dict[tuple[str, int], int] = {}
+        for topic, partition, offset in zip(self.topics, self.partitions.tolist(), self.offsets.tolist(),
+                                            strict=True):
+            key = (topic, partition)
+            if key not in out or offset < out[key]:
+                out[key] = offset
+        return out
 
     def next_offsets(self) -> dict[tuple[str, int], int]:
         """Per (topic, partition): the offset to commit after this batch (last offset + 1)."""
@@ -93,6 +103,7 @@ class BatchSource:
             **(extra or {}),
         }
         self._fatal: KafkaError | None = None
+        self._callback_error: BaseException | None = None
         self._consumer = Consumer(conf)
         self._consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked,
                                  on_lost=self._revoked)
@@ -103,6 +114,10 @@ class BatchSource:
         """Up to `max_messages` messages, returning early after `max_wait_s` seconds."""
         messages = self._consumer.consume(max_messages or self.max_messages,
                                           self.max_wait_s if max_wait_s is None else max_wait_s)
+        if self._callback_error is not None:
+            # An exception cannot cross librdkafka's callback frame intact: re-raise it here, as it was.
+            err, self._callback_error = self._callback_error, None
+            raise err
         if self._fatal is not None:
             raise KafkaClientError(f"consumer failed: {self._fatal.str()}")
         good = []
@@ -137,6 +152,26 @@ class BatchSource:
         tps = self._consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout_s)
         return {(tp.topic, tp.partition): tp.offset for tp in tps}
 
+    def seek(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Moves the given partitions back (or on) to these offsets: how an aborted batch is re-read."""
+        for (topic, partition), offset in offsets.items():
+            self._consumer.seek(TopicPartition(topic, partition, offset))
+
+    def rewind_to_committed(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Moves partitions back to their committed offsets (the start where nothing is committed yet)."""
+        committed = self.committed(partitions)
+        for (topic, partition), offset in committed.items():
+            self._consumer.seek(TopicPartition(topic, partition, offset if offset >= 0 else OFFSET_BEGINNING))
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Messages between each assigned partition's position and its end (from the client's cached view)."""
+        out: dict[tuple[str, int], int] = {}
+        for tp in self._consumer.position(self._consumer.assignment()):
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset >= 0 and high >= 0:
+                out[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
+        return out
+
     def assignment(self) -> list[tuple[str, int]]:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
 
@@ -156,9 +191,15 @@ class BatchSource:
             log.warning("broker connection: %s", err.str())
 
     def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._on_assign:
-            self._on_assign([(tp.topic, tp.partition) for tp in partitions])
+        if self._on_assign and self._callback_error is None:
+            try:
+                self._on_assign([(tp.topic, tp.partition) for tp in partitions])
+            except BaseException as err:
+                self._callback_error = err
 
     def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._on_revoke:
-            self._on_revoke([(tp.topic, tp.partition) for tp in partitions])
+        if self._on_revoke and self._callback_error is None:
+            try:
+                self._on_revoke([(tp.topic, tp.partition) for tp in partitions])
+            except BaseException as err:
+                self._callback_error = err

@@ -1,0 +1,143 @@
+"""The transactional sink: a micro-batch's outputs, dead letters, changelog records and input offsets in one
+Kafka transaction, so readers with `read_committed` see all of a batch or none of it.
+
+Error handling follows the Kafka client's classification: retriable errors are retried here; errors
+that require an abort raise `TransactionAborted` (after aborting), so the processor rewinds to its last
+committed offsets and reprocesses; fatal errors (a newer instance with the same transactional id fenced
+this one) raise `ProducerFenced`, and the processor recreates the sink and restores its state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from streams.config import KafkaConfig
+from streams.dlq import H_ERROR_CLASS, DeadLetter
+from streams.errors import KafkaClientError, ProducerFenced, TransactionAborted
+from streams.metrics import DEAD_LETTERS, MESSAGES_PRODUCED
+from streams.source import BatchSource, Headers
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class TransactionalSink:
+    """One transactional producer; `begin` … `write`* … `commit(source, offsets)` per micro-batch."""
+
+    def __init__(self, config: KafkaConfig, transactional_id: str, *, timeout_s: float = 30.0,
+                 transaction_timeout_ms: int = 60_000, extra: dict[str, Any] | None = None) -> None:
+        self.transactional_id = transactional_id
+        self._timeout_s = timeout_s
+        self._failed: list[str] = []
+        conf: dict[str, Any] = {
+            **config.client_config(),
+            "transactional.id": transactional_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            "compression.type": "lz4",
+            "partitioner": "murmur2_random",
+            "transaction.timeout.ms": transaction_timeout_ms,
+            **(extra or {}),
+        }
+        self._producer = Producer(conf)
+        # Fences any earlier producer with this id and aborts the transaction it left open.
+        self._call(lambda: self._producer.init_transactions(self._timeout_s), "init_transactions")
+        self._open = False
+        self._written: dict[str, int] = {}
+
+    def begin(self) -> None:
+        self._call(self._producer.begin_transaction, "begin_transaction")
+        self._open = True
+        self._written = {}
+
+    def write(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None,
+              partition: int | None = None) -> None:
+        kwargs: dict[str, Any] = {"headers": cast(Any, headers), "on_delivery": self._delivered}
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(topic, value, key, **kwargs)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as err:
+                self._raise(err.args[0], f"produce to {topic}")
+        self._written[topic] = self._written.get(topic, 0) + 1
+
+    def write_dead_letters(self, letters: Iterable[DeadLetter]) -> None:
+        for letter in letters:
+            self.write(letter.topic, letter.key, letter.value, letter.headers)
+            error_class = next((v for k, v in letter.headers if k == H_ERROR_CLASS), b"") or b""
+            DEAD_LETTERS.labels(letter.topic.removesuffix(".dlq"), error_class.decode()).inc()
+
+    def commit(self, source: BatchSource, offsets: dict[tuple[str, int], int]) -> None:
+        """Adds the input offsets to the transaction and commits it."""
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        if tps:
+            self._call(lambda: self._producer.send_offsets_to_transaction(tps, source.group_metadata(),
+                                                                          self._timeout_s),
+                       "send_offsets_to_transaction")
+        self._call(lambda: self._producer.commit_transaction(self._timeout_s), "commit_transaction")
+        self._open = False
+        if self._failed:  # cannot happen after a successful commit, but never let it pass silently
+            failed, self._failed = self._failed, []
+            raise KafkaClientError(f"{len(failed)} messages failed in a committed transaction: {failed[0]}")
+        for topic, count in self._written.items():
+            MESSAGES_PRODUCED.labels(topic).inc(count)
+
+    def abort(self) -> None:
+        if not self._open:
+            return
+        try:
+            self._producer.abort_transaction(self._timeout_s)
+        except KafkaException as err:
+            if err.args[0].fatal():
+                raise ProducerFenced(f"producer {self.transactional_id}: {err.args[0].str()}") from None
+            raise
+        finally:
+            self._open = False
+            self._failed = []
+
+    def close(self) -> None:
+        if self._open:
+            # Closing after a failure: whatever was open is abandoned (the broker aborts it on timeout).
+            with contextlib.suppress(ProducerFenced, KafkaException):
+                self.abort()
+        self._producer.flush(self._timeout_s)
+
+    # -- internals
+
+    def _call(self, fn: Callable[[], T], what: str) -> T:
+        deadline = time.monotonic() + self._timeout_s * 2
+        while True:
+            try:
+                return fn()
+            except KafkaException as err:
+                kerr: KafkaError = err.args[0]
+                if kerr.retriable() and time.monotonic() < deadline:
+                    log.warning("%s: %s (retrying)", what, kerr.str())
+                    time.sleep(0.1)
+                    continue
+                self._raise(kerr, what)
+
+    def _raise(self, kerr: KafkaError, what: str) -> Any:
+        if kerr.fatal():
+            raise ProducerFenced(f"{what} for {self.transactional_id}: {kerr.str()}")
+        if kerr.txn_requires_abort():
+            try:
+                self.abort()
+            finally:
+                raise TransactionAborted(f"{what}: {kerr.str()}")
+        raise KafkaClientError(f"{what}: {kerr.str()}")
+
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failed.append(f"{msg.topic()}: {err.str()}")
