@@ -116,8 +116,8 @@ class BatchSource:
                                           self.max_wait_s if max_wait_s is None else max_wait_s)
         if self._callback_error is not None:
             # An exception cannot cross librdkafka's callback frame intact: re-raise it here, as it was.
-            err, self._callback_error = self._callback_error, None
-            raise err
+            raised, self._callback_error = self._callback_error, None
+            raise raised
         if self._fatal is not None:
             raise KafkaClientError(f"consumer failed: {self._fatal.str()}")
         good = []
