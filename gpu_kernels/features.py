@@ -9,7 +9,7 @@ changelog and restore it.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +33,30 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
 
 class FeatureError(ValueError):
     """An indicator name that is not known or has impossible parameters."""
+
+
+# kernel(seg_slot, seg_lo, seg_hi, high, low, close, volume, params, counts, vals, out): fills out[row] for
+# the rows of each segment, continuing series seg_slot[g] from counts[slot] (bars seen) and vals[slot, :].
+CustomKernel = Callable[..., None]
+
+
+@dataclass(frozen=True, slots=True)
+class CustomIndicator:
+    """An indicator a user registers: names matching `pattern` (its groups are integer parameters)."""
+
+    pattern: re.Pattern[str]
+    width: Callable[[tuple[int, ...]], int]
+    kernel: CustomKernel
+
+
+_CUSTOM: dict[str, CustomIndicator] = {}
+
+
+def register_indicator(kind: str, pattern: str, width: Callable[[tuple[int, ...]], int], kernel: CustomKernel) -> None:
+    """Makes names matching `pattern` (e.g. r"^wma_(\\d+)$") usable in any FeatureSet, processor included."""
+    if kind in _CUSTOM or kind in ("sma", "ema", "rsi", "atr", "macd", "bb", "obv", "logret_std"):
+        raise FeatureError(f"indicator kind {kind!r} is already registered")
+    _CUSTOM[kind] = CustomIndicator(re.compile(pattern), width, kernel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +133,10 @@ class FeatureSet:
 
 
 def _parse(name: str) -> tuple[str, tuple[float, ...], int]:
+    for kind, custom in _CUSTOM.items():
+        m = custom.pattern.match(name)
+        if m:
+            return kind, tuple(float(g) for g in m.groups()), 0
     for pattern, family in _PATTERNS:
         m = pattern.match(name)
         if not m:
@@ -138,6 +166,8 @@ def _parse(name: str) -> tuple[str, tuple[float, ...], int]:
 
 
 def _width(kind: str, params: tuple[float, ...]) -> int:
+    if kind in _CUSTOM:
+        return _CUSTOM[kind].width(tuple(int(p) for p in params))
     if kind in ("sma", "bb"):
         return 1 + int(params[0])
     if kind == "logret_std":
@@ -149,6 +179,11 @@ def _run(g: _Group, seg_slot: np.ndarray, seg_lo: np.ndarray, seg_hi: np.ndarray
          low: np.ndarray, close: np.ndarray, volume: np.ndarray, counts: np.ndarray, vals: np.ndarray,
          rows: int) -> list[np.ndarray]:
     p = g.params
+    if g.kind in _CUSTOM:
+        out = np.full(rows, np.nan)
+        _CUSTOM[g.kind].kernel(seg_slot, seg_lo, seg_hi, high, low, close, volume,
+                               np.array([int(x) for x in p], np.int64), counts, vals, out)
+        return [out]
     if g.kind in ("macd", "bb"):
         out = np.full((rows, 3), np.nan)
         if g.kind == "macd":

@@ -142,7 +142,7 @@ def test_state_is_not_changed_in_place() -> None:
     assert all(int(c.sum()) == 0 for c in state.counts)
 
 
-@pytest.mark.parametrize("name", ["sma_0", "macd_26_12_9", "bb_upper_1_2", "wma_10", "logret_2", "rsi_1"])
+@pytest.mark.parametrize("name", ["sma_0", "macd_26_12_9", "bb_upper_1_2", "kama_10", "logret_2", "rsi_1"])
 def test_bad_feature_names_are_refused(name: str) -> None:
     with pytest.raises(FeatureError):
         FeatureSet([name])
