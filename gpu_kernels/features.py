@@ -120,15 +120,21 @@ class FeatureSet:
         seg_hi = np.asarray(seg_hi, np.int64)
         if len(seg_slot) and int(seg_slot.max()) >= state.slots:
             state = self.grow(state, int(seg_slot.max()) + 1)
-        out: dict[str, np.ndarray] = {}
-        counts_out, vals_out = [], []
-        for group, counts, vals in zip(self._groups, state.counts, state.vals, strict=True):
-            counts, vals = counts.copy(), vals.copy()
-            cols = _run(group, seg_slot, seg_lo, seg_hi, high, low, close, volume, counts, vals, rows)
-            for name, column in group.columns.items():
-                out[name] = cols[column]
-            counts_out.append(counts)
-            vals_out.append(vals)
+        counts_out = [c.copy() for c in state.counts]
+        vals_out = [v.copy() for v in state.vals]
+        columns = [_alloc(g, rows) for g in self._groups]
+        # Every group over one window of rows at a time, so the inputs stay in cache across the groups
+        # (a series cut at a window edge simply continues from its state: the kernels are split-invariant).
+        for start in range(0, rows, _WINDOW):
+            end = min(start + _WINDOW, rows)
+            inside = (seg_hi > start) & (seg_lo < end)
+            w_slot = seg_slot[inside]
+            w_lo = np.maximum(seg_lo[inside], start)
+            w_hi = np.minimum(seg_hi[inside], end)
+            for group, counts, vals, cols in zip(self._groups, counts_out, vals_out, columns, strict=True):
+                _run(group, w_slot, w_lo, w_hi, high, low, close, volume, counts, vals, cols)
+        out = {name: cols[column] for group, cols in zip(self._groups, columns, strict=True)
+               for name, column in group.columns.items()}
         return {name: out[name] for name in self.names}, FeatureState(tuple(counts_out), tuple(vals_out))
 
 
@@ -168,42 +174,48 @@ def _parse(name: str) -> tuple[str, tuple[float, ...], int]:
 def _width(kind: str, params: tuple[float, ...]) -> int:
     if kind in _CUSTOM:
         return _CUSTOM[kind].width(tuple(int(p) for p in params))
-    if kind in ("sma", "bb"):
+    if kind == "sma":
         return 1 + int(params[0])
-    if kind == "logret_std":
-        return 1 + int(params[0])
+    if kind in ("bb", "logret_std"):
+        return 1 + ind.SLIDE_HEAD + 2 * int(params[0])
     return {"ema": 1, "rsi": 3, "macd": 3, "atr": 2, "obv": 2}[kind]
+
+
+_WINDOW = 1 << 15
+
+
+def _alloc(g: _Group, rows: int) -> list[np.ndarray]:
+    # Our kernels write every row (NaN while warming up); a registered one may not, so it gets NaN first.
+    if g.kind in _CUSTOM:
+        return [np.full(rows, np.nan)]
+    if g.kind in ("macd", "bb"):
+        block = np.empty((rows, 3))
+        return [block[:, 0], block[:, 1], block[:, 2], block]
+    if g.kind == "logret_std":
+        return [np.empty(rows), np.empty(rows)]
+    return [np.empty(rows)]
 
 
 def _run(g: _Group, seg_slot: np.ndarray, seg_lo: np.ndarray, seg_hi: np.ndarray, high: np.ndarray,
          low: np.ndarray, close: np.ndarray, volume: np.ndarray, counts: np.ndarray, vals: np.ndarray,
-         rows: int) -> list[np.ndarray]:
+         cols: list[np.ndarray]) -> None:
     p = g.params
     if g.kind in _CUSTOM:
-        out = np.full(rows, np.nan)
         _CUSTOM[g.kind].kernel(seg_slot, seg_lo, seg_hi, high, low, close, volume,
-                               np.array([int(x) for x in p], np.int64), counts, vals, out)
-        return [out]
-    if g.kind in ("macd", "bb"):
-        out = np.full((rows, 3), np.nan)
-        if g.kind == "macd":
-            ind.macd(seg_slot, seg_lo, seg_hi, close, int(p[0]), int(p[1]), int(p[2]), counts, vals, out)
-        else:
-            ind.bbands(seg_slot, seg_lo, seg_hi, close, int(p[0]), p[1], counts, vals, out)
-        return [out[:, 0], out[:, 1], out[:, 2]]
-    if g.kind == "logret_std":
-        lr, sd = np.full(rows, np.nan), np.full(rows, np.nan)
-        ind.logret_std(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, lr, sd)
-        return [lr, sd]
-    out1 = np.full(rows, np.nan)
-    if g.kind == "sma":
-        ind.sma(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, out1)
+                               np.array([int(x) for x in p], np.int64), counts, vals, cols[0])
+    elif g.kind == "macd":
+        ind.macd(seg_slot, seg_lo, seg_hi, close, int(p[0]), int(p[1]), int(p[2]), counts, vals, cols[3])
+    elif g.kind == "bb":
+        ind.bbands(seg_slot, seg_lo, seg_hi, close, int(p[0]), p[1], counts, vals, cols[3])
+    elif g.kind == "logret_std":
+        ind.logret_std(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, cols[0], cols[1])
+    elif g.kind == "sma":
+        ind.sma(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, cols[0])
     elif g.kind == "ema":
-        ind.ema(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, out1)
+        ind.ema(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, cols[0])
     elif g.kind == "rsi":
-        ind.rsi(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, out1)
+        ind.rsi(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, cols[0])
     elif g.kind == "atr":
-        ind.atr(seg_slot, seg_lo, seg_hi, high, low, close, int(p[0]), counts, vals, out1)
+        ind.atr(seg_slot, seg_lo, seg_hi, high, low, close, int(p[0]), counts, vals, cols[0])
     elif g.kind == "obv":
-        ind.obv(seg_slot, seg_lo, seg_hi, close, volume, counts, vals, out1)
-    return [out1]
+        ind.obv(seg_slot, seg_lo, seg_hi, close, volume, counts, vals, cols[0])

@@ -32,14 +32,21 @@ def sma(seg_slot, seg_lo, seg_hi, x, n, counts, vals, out):
     for g in range(len(seg_slot)):
         s = seg_slot[g]
         c = counts[s]
+        row = vals[s]
+        i = c % n  # ring position of this bar; stepped, not divided, in the loop
         for r in range(seg_lo[g], seg_hi[g]):
             v = x[r]
-            vals[s, 1 + c % n] = v
-            total = vals[s, 0] + v
+            row[1 + i] = v
+            total = row[0] + v
+            i += 1
+            if i == n:
+                i = 0
             if c >= n - 1:
                 out[r] = total / n
-                total -= vals[s, 1 + (c - n + 1) % n]
-            vals[s, 0] = total
+                total -= row[1 + i]  # the oldest value in the window (n == 1: the one just written)
+            else:
+                out[r] = math.nan
+            row[0] = total
             c += 1
         counts[s] = c
 
@@ -56,6 +63,7 @@ def ema(seg_slot, seg_lo, seg_hi, x, n, counts, vals, out):
             v = x[r]
             if c < n - 1:
                 e += v
+                out[r] = math.nan
             elif c == n - 1:
                 e += v
                 e = e / n
@@ -79,6 +87,7 @@ def rsi(seg_slot, seg_lo, seg_hi, x, n, counts, vals, out):
             v = x[r]
             if c == 0:
                 prev = v
+                out[r] = math.nan
             else:
                 d = v - prev
                 prev = v
@@ -94,6 +103,8 @@ def rsi(seg_slot, seg_lo, seg_hi, x, n, counts, vals, out):
                     gain /= n
                     t = gain + loss
                     out[r] = 0.0 if -_ZERO < t < _ZERO else 100.0 * (gain / t)
+                else:
+                    out[r] = math.nan
             c += 1
         vals[s, 0], vals[s, 1], vals[s, 2] = prev, gain, loss
         counts[s] = c
@@ -124,6 +135,7 @@ def macd(seg_slot, seg_lo, seg_hi, x, fast, slow, signal, counts, vals, out):
             else:
                 es = ((v - es) * ks) + es
                 ef = ((v - ef) * kf) + ef
+            out[r, 0], out[r, 1], out[r, 2] = math.nan, math.nan, math.nan
             if c >= slow - 1:
                 m = ef - es
                 j = c - (slow - 1)
@@ -143,20 +155,28 @@ def macd(seg_slot, seg_lo, seg_hi, x, fast, slow, signal, counts, vals, out):
 
 @njit(cache=True)
 def bbands(seg_slot, seg_lo, seg_hi, x, n, k, counts, vals, out):
-    """vals[s] = [running total, ring of n]; out: upper, middle, lower (middle = SMA, bands = k std)."""
+    """vals[s] = [running total, then the sliding-variance block]; out: upper, middle, lower (middle = SMA)."""
+    ring = 1 + SLIDE_HEAD
     for g in range(len(seg_slot)):
         s = seg_slot[g]
         c = counts[s]
+        row = vals[s]
+        i = c % n
         for r in range(seg_lo[g], seg_hi[g]):
             v = x[r]
-            vals[s, 1 + c % n] = v
-            total = vals[s, 0] + v
+            nxt = i + 1 if i + 1 < n else 0
+            oldest = row[ring + nxt]  # leaves the SMA window after this bar (read before the push; n >= 2)
+            var = _slide(row, 1, c, n, v, i)
+            total = row[0] + v
             if c >= n - 1:
                 middle = total / n
-                total -= vals[s, 1 + (c - n + 1) % n]
-                width = _ordered_std(vals, s, n, c) * k
+                total -= oldest
+                width = (math.sqrt(var) if var > 0.0 else 0.0) * k
                 out[r, 0], out[r, 1], out[r, 2] = middle + width, middle, middle - width
-            vals[s, 0] = total
+            else:
+                out[r, 0], out[r, 1], out[r, 2] = math.nan, math.nan, math.nan
+            row[0] = total
+            i = nxt
             c += 1
         counts[s] = c
 
@@ -169,6 +189,7 @@ def atr(seg_slot, seg_lo, seg_hi, high, low, close, n, counts, vals, out):
         c = counts[s]
         prev, a = vals[s, 0], vals[s, 1]
         for r in range(seg_lo[g], seg_hi[g]):
+            out[r] = math.nan
             if c > 0:
                 tr = high[r] - low[r]
                 up = abs(prev - high[r])
@@ -220,37 +241,70 @@ def obv(seg_slot, seg_lo, seg_hi, close, volume, counts, vals, out):
 def logret_std(seg_slot, seg_lo, seg_hi, close, n, counts, vals, out_logret, out_std):
     """Log return and the population standard deviation of the last n log returns (TA-Lib STDDEV).
 
-    vals[s] = [previous close, ring of the last n log returns]; n = 0 computes log returns only.
+    vals[s] = [previous close, then the sliding-variance block of the log returns]; n = 0: log returns only.
     """
     for g in range(len(seg_slot)):
         s = seg_slot[g]
         c = counts[s]
-        prev = vals[s, 0]
+        row = vals[s]
+        prev = row[0]
+        i = (c - 1) % n if n > 0 and c > 0 else 0  # ring position of the next log return
         for r in range(seg_lo[g], seg_hi[g]):
             v = close[r]
+            out_logret[r] = math.nan
+            out_std[r] = math.nan
             if c > 0:
                 lr = math.log(v / prev)
                 out_logret[r] = lr
                 if n > 0:
-                    j = c - 1  # index of this log return
-                    vals[s, 1 + j % n] = lr
-                    if j >= n - 1:
-                        out_std[r] = _ordered_std(vals, s, n, j)
+                    var = _slide(row, 1, c - 1, n, lr, i)  # c - 1: the index of this log return
+                    if c - 1 >= n - 1:
+                        out_std[r] = math.sqrt(var) if var > 0.0 else 0.0
+                    i = i + 1 if i + 1 < n else 0
             prev = v
             c += 1
-        vals[s, 0] = prev
+        row[0] = prev
         counts[s] = c
 
 
+SLIDE_HEAD = 3  # anchor K, sum of (x - K), sum of (x - K)^2; then a ring of 2n values
+
+
 @njit(cache=True)
-def _ordered_std(vals, s, n, j):
-    """Std of the ring's window in time order (oldest first), so the sums do not depend on the ring's phase."""
-    total = 0.0
-    for i in range(n):
-        total += vals[s, 1 + (j - n + 1 + i) % n]
-    mean = total / n
-    acc = 0.0
-    for i in range(n):
-        d = vals[s, 1 + (j - n + 1 + i) % n] - mean
-        acc += d * d
-    return math.sqrt(acc / n)
+def _slide(row, base, j, n, v, i):
+    """Pushes value number j (ring position i = j % n) of a series; returns the population variance of the
+    last n values once j >= n - 1.
+
+    Layout at row[base:]: K, S1 = sum(x - K), S2 = sum((x - K)^2) over the window, then a ring of 2n where
+    each value is written at i and i + n, so the window is always contiguous and in time order. Sums are
+    slid in O(1) per value and re-anchored every n values (K = the window's mean, both sums recomputed in
+    time order), so the terms stay at the scale of the window's spread and the variance stays accurate
+    however far the series wanders. Every step depends only on the series, never on how it was batched.
+    """
+    ring = base + SLIDE_HEAD
+    old = row[ring + i]  # value number j - n, leaving the window
+    row[ring + i] = v
+    row[ring + i + n] = v
+    if j < n - 1:
+        return 0.0
+    if i == n - 1:  # anchor: the first full window (j = n - 1), then every n values
+        first = ring
+        total = 0.0
+        for t in range(first, first + n):
+            total += row[t]
+        anchor = total / n
+        s1 = 0.0
+        s2 = 0.0
+        for t in range(first, first + n):
+            d = row[t] - anchor
+            s1 += d
+            s2 += d * d
+        row[base], row[base + 1], row[base + 2] = anchor, s1, s2
+    else:
+        anchor = row[base]
+        d_new = v - anchor
+        d_old = old - anchor
+        row[base + 1] += d_new - d_old
+        row[base + 2] += d_new * d_new - d_old * d_old
+    m1 = row[base + 1] / n
+    return row[base + 2] / n - m1 * m1

@@ -128,9 +128,10 @@ class TickColumns:
 
 def encode_dictionary(values: Sequence[str | None]) -> tuple[np.ndarray, tuple[str, ...]]:
     """Codes (-1 for None) and the distinct values in order of first appearance."""
-    lookup: dict[str | None, int] = {None: -1}
-    codes = np.fromiter((lookup.setdefault(v, len(lookup) - 1) for v in values), np.int32, len(values))
-    return codes, tuple(v for v in lookup if v is not None)
+    distinct = [v for v in dict.fromkeys(values) if v is not None]
+    lookup: dict[str | None, int] = {v: i for i, v in enumerate(distinct)}
+    lookup[None] = -1
+    return np.fromiter(map(lookup.__getitem__, values), np.int32, len(values)), tuple(distinct)
 
 
 def _compact(codes: np.ndarray, dictionary: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:

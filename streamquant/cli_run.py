@@ -58,13 +58,8 @@ def _engine(settings: Settings) -> FeatureEngine:
         raise UserError(f"features settings: {err}") from None
 
 
-@run_app.command("features")
-def run_features(
-    ctx: typer.Context,
-    stop_when_idle: Annotated[float | None, typer.Option(help="exit after this many seconds without input")] = None,
-) -> None:
-    """Consume ticks; publish bars and features exactly once (Ctrl-C or SIGTERM stops cleanly)."""
-    settings = _settings(ctx)
+def build_feature_processor(settings: Settings) -> FeatureProcessor:
+    """The feature processor wired to Kafka as settings say (the CLI and the benchmarks use this)."""
     engine = _engine(settings)
     catalog = TopicCatalog(settings.topics.catalog_options())
     topics = FeatureTopics(*(catalog.name(n) for n in ("ticks", "bars", "features", "ticks.dlq", "ticks.late",
@@ -77,9 +72,6 @@ def run_features(
     if len(log_parts) != len(ticks_parts):
         raise UserError(f"{topics.changelog} has {len(log_parts)} partitions but {topics.ticks} has "
                         f"{len(ticks_parts)}: the changelog must be co-partitioned with its input")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.metrics.port:
-        start_http_server(settings.metrics.port)
     instance = settings.features.instance_id or socket.gethostname()
     ingest = settings.ingest
 
@@ -93,7 +85,20 @@ def run_features(
     def restore(partitions: list[int]) -> dict[int, dict[bytes, bytes | None]]:
         return read_changelog(settings.kafka, topics.changelog, partitions, timeout_s=120)
 
-    processor = FeatureProcessor(engine, topics, source_factory, sink_factory, restore)
+    return FeatureProcessor(engine, topics, source_factory, sink_factory, restore)
+
+
+@run_app.command("features")
+def run_features(
+    ctx: typer.Context,
+    stop_when_idle: Annotated[float | None, typer.Option(help="exit after this many seconds without input")] = None,
+) -> None:
+    """Consume ticks; publish bars and features exactly once (Ctrl-C or SIGTERM stops cleanly)."""
+    settings = _settings(ctx)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    processor = build_feature_processor(settings)
+    if settings.metrics.port:
+        start_http_server(settings.metrics.port)
     stopping = {"flag": False}
 
     def stop(_signum: int, _frame: Any) -> None:
@@ -101,8 +106,9 @@ def run_features(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    console.print(f"features: {topics.ticks} → {topics.bars}, {topics.features} as {instance} "
-                  f"(group {settings.features.group}, intervals {', '.join(engine.config.intervals)})")
+    t = processor.topics
+    console.print(f"features: {t.ticks} → {t.bars}, {t.features} as {processor.sink.transactional_id} "
+                  f"(intervals {', '.join(processor.engine.config.intervals)})")
     try:
         processor.run(lambda: stopping["flag"], stop_when_idle_s=stop_when_idle)
     finally:

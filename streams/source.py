@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -19,52 +18,83 @@ log = logging.getLogger(__name__)
 Headers = list[tuple[str, bytes | None]]
 
 
-@dataclass(frozen=True, slots=True)
 class MessageBatch:
-    """The raw messages of one micro-batch, as parallel columns."""
+    """The raw messages of one micro-batch. Values, partitions and offsets are read up front (every batch
+    needs them); topics, keys, headers and timestamps only when asked for (dead letters, metrics)."""
 
-    topics: list[str]
-    partitions: np.ndarray  # int32
-    offsets: np.ndarray  # int64
-    timestamps: np.ndarray  # int64, ms (broker or producer time)
-    keys: list[bytes | None]
-    values: list[bytes | None]
-    headers: list[Headers | None]
+    __slots__ = ("_headers", "_keys", "_messages", "_timestamps", "_topics", "offsets", "partitions", "values")
+
+    def __init__(self, messages: Sequence[Message] = (), *, topics: list[str] | None = None,
+                 partitions: np.ndarray | None = None, offsets: np.ndarray | None = None,
+                 timestamps: np.ndarray | None = None, keys: list[bytes | None] | None = None,
+                 values: list[bytes | None] | None = None, headers: list[Headers | None] | None = None) -> None:
+        self._messages = messages
+        n = len(messages)
+        self.values: list[bytes | None] = values if values is not None else [m.value() for m in messages]
+        self.partitions: np.ndarray = (partitions if partitions is not None
+                                       else np.fromiter((m.partition() for m in messages), np.int32, n))
+        self.offsets: np.ndarray = (offsets if offsets is not None
+                                    else np.fromiter((m.offset() for m in messages), np.int64, n))
+        self._topics, self._keys, self._headers, self._timestamps = topics, keys, headers, timestamps
+
+    @property
+    def topics(self) -> list[str]:
+        if self._topics is None:
+            self._topics = [cast(str, m.topic()) for m in self._messages]
+        return self._topics
+
+    @property
+    def keys(self) -> list[bytes | None]:
+        if self._keys is None:
+            self._keys = [m.key() for m in self._messages]
+        return self._keys
+
+    @property
+    def headers(self) -> list[Headers | None]:
+        if self._headers is None:
+            self._headers = [cast(Headers | None, m.headers()) for m in self._messages]
+        return self._headers
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        """Message timestamps in ms (producer create time, or broker log-append time)."""
+        if self._timestamps is None:
+            self._timestamps = np.fromiter((m.timestamp()[1] for m in self._messages), np.int64,
+                                           len(self._messages))
+        return self._timestamps
 
     def __len__(self) -> int:
         return len(self.values)
 
     def first_offsets(self) -> dict[tuple[str, int], int]:
         """Per (topic, partition): the first offset of this batch (where to seek to read it again)."""
-        out: dict[tuple[str, int], int] = {}
-        for topic, partition, offset in zip(self.topics, self.partitions.tolist(), self.offsets.tolist(),
-                                            strict=True):
-            key = (topic, partition)
-            if key not in out or offset < out[key]:
-                out[key] = offset
-        return out
+        return self._extreme_offsets(first=True)
 
     def next_offsets(self) -> dict[tuple[str, int], int]:
         """Per (topic, partition): the offset to commit after this batch (last offset + 1)."""
+        return {k: v + 1 for k, v in self._extreme_offsets(first=False).items()}
+
+    def _extreme_offsets(self, first: bool) -> dict[tuple[str, int], int]:
         out: dict[tuple[str, int], int] = {}
-        for topic, partition, offset in zip(self.topics, self.partitions.tolist(), self.offsets.tolist(),
-                                            strict=True):
+        if not len(self):
+            return out
+        topics = self.topics
+        if len(set(topics)) == 1:
+            single = topics[0]
+            parts = self.partitions
+            for p in np.unique(parts).tolist():
+                offs = self.offsets[parts == p]
+                out[(single, p)] = int(offs.min() if first else offs.max())
+            return out
+        for topic, partition, offset in zip(topics, self.partitions.tolist(), self.offsets.tolist(), strict=True):
             key = (topic, partition)
-            if offset + 1 > out.get(key, -1):
-                out[key] = offset + 1
+            if key not in out or (offset < out[key] if first else offset > out[key]):
+                out[key] = offset
         return out
 
     @classmethod
     def from_messages(cls, messages: Sequence[Message]) -> MessageBatch:
-        return cls(
-            topics=[cast(str, m.topic()) for m in messages],
-            partitions=np.fromiter((m.partition() for m in messages), np.int32, len(messages)),
-            offsets=np.fromiter((m.offset() for m in messages), np.int64, len(messages)),
-            timestamps=np.fromiter((m.timestamp()[1] for m in messages), np.int64, len(messages)),
-            keys=[m.key() for m in messages],
-            values=[m.value() for m in messages],
-            headers=[cast(Headers | None, m.headers()) for m in messages],
-        )
+        return cls(messages)
 
 
 AssignCallback = Callable[[list[tuple[str, int]]], None]
@@ -105,6 +135,7 @@ class BatchSource:
         self._fatal: KafkaError | None = None
         self._callback_error: BaseException | None = None
         self._consumer = Consumer(conf)
+        self._topics = list(topics)
         self._consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked,
                                  on_lost=self._revoked)
 
@@ -132,7 +163,8 @@ class BatchSource:
                 raise KafkaClientError(f"consumer failed: {err.str()}")
             else:
                 log.warning("consume error (retried by the client): %s", err.str())
-        batch = MessageBatch.from_messages(good)
+        # One subscribed topic: every message's topic is known without asking each message.
+        batch = MessageBatch(good, topics=[self._topics[0]] * len(good) if len(self._topics) == 1 else None)
         if good:
             for topic in set(batch.topics):
                 MESSAGES_CONSUMED.labels(topic).inc(batch.topics.count(topic))
