@@ -40,6 +40,7 @@ class PartitionState:
     """Everything one input partition carries between micro-batches."""
 
     slots: dict[tuple[str, str], int] = field(default_factory=dict)  # (symbol, interval) -> series slot
+    names: tuple[str, ...] = ()  # slot -> symbol
     bars: dict[str, BarState] = field(default_factory=dict)  # interval -> open bars (keys are slots)
     features: FeatureState | None = None
 
@@ -81,22 +82,28 @@ class FeatureEngine:
         self.feature_set = FeatureSet(self.config.features)
 
     def empty_state(self) -> PartitionState:
-        return PartitionState({}, {iv: BarState.empty() for iv in self.config.intervals},
+        return PartitionState({}, (), {iv: BarState.empty() for iv in self.config.intervals},
                               self.feature_set.empty_state())
 
     def process(self, state: PartitionState, ticks: TickColumns) -> tuple[EngineOutput, PartitionState]:
         n = len(ticks)
-        slots = dict(state.slots)
         symbols = ticks.symbols
+        # Copy the slot table only when this batch brings a series it has not seen.
+        slots, names = state.slots, state.names
+        new = [(s, iv) for s in symbols for iv in self.config.intervals if (s, iv) not in slots]
+        if new:
+            slots = dict(slots)
+            for series in new:
+                slots[series] = len(slots)
+            names = names + tuple(sym for sym, _iv in new)
         late = np.zeros(n, bool)
         reasons: dict[int, list[str]] = {}
         closed: list[ClosedBars] = []
         bar_states = dict(state.bars)
         fstate = state.features or self.feature_set.empty_state()
-        slot_symbol: dict[int, str] = {}
         for iv in self.config.intervals:
             # Series slot of every tick for this interval (new symbols get new slots).
-            code_to_slot = np.array([slots.setdefault((s, iv), len(slots)) for s in symbols] or [0], np.int64)
+            code_to_slot = np.array([slots[(s, iv)] for s in symbols] or [0], np.int64)
             key = code_to_slot[ticks.symbol_codes] if n else np.empty(0, np.int64)
             res = aggregate_bars(bar_states[iv], key, ticks.ts, ticks.price, ticks.size, self.interval_ms[iv],
                                  self.config.lateness_ms)
@@ -115,14 +122,13 @@ class FeatureEngine:
                                                           b.close, b.volume)
             else:
                 values = {name: np.empty(0) for name in self.feature_set.names}
-            if not slot_symbol or len(slot_symbol) != len(slots):
-                slot_symbol = {slot: sym for (sym, _iv), slot in slots.items()}
-            closed.append(ClosedBars(iv, np.array([slot_symbol[int(k)] for k in b.key], dtype=object), b.start,
+            closed.append(ClosedBars(iv, np.asarray(names, dtype=object)[b.key] if len(b) else np.empty(0, object),
+                                     b.start,
                                      b.open, b.high, b.low, b.close, b.volume, b.vwap, b.trades, values))
         fstate = self.feature_set.grow(fstate, len(slots))  # every series has a state row, bars or not
         late_reason = ["late: " + "; ".join(reasons[i]) for i in sorted(reasons)]
         touched = set(symbols[c] for c in np.unique(ticks.symbol_codes).tolist()) if n else set()
-        return EngineOutput(closed, late, late_reason, touched), PartitionState(slots, bar_states, fstate)
+        return EngineOutput(closed, late, late_reason, touched), PartitionState(slots, names, bar_states, fstate)
 
 
 def features_for_bars(feature_set: FeatureSet, symbols: Sequence[str], high: np.ndarray, low: np.ndarray,

@@ -1,0 +1,99 @@
+"""Feature-processor latency on the local broker: a steady tick rate in, the time until each bar's feature
+vector is readable downstream (read_committed).
+
+    python -m bench.features_latency [--rate 10000] [--seconds 40] [--max-wait-ms 10]
+
+A bar [b, b + 1 s) closes when the first tick at or after b + 1 s reaches its partition. The producer
+(`streamquant produce ticks`, paced to the rate) stamps each tick with its due time, so that tick leaves
+the producer at wall time ≈ b + 1 s (a few ms later at most: its pacing granularity, which this
+measure therefore includes). Latency of a 1 s feature vector = time it is read here − (b + 1 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer
+
+from streamquant.kafka_io import admin_client
+from streamquant.settings import TopicSettings, load_settings
+from streams.topics import TopicCatalog, ensure_topics
+
+OUT = Path(__file__).parent / "out"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=40)
+    parser.add_argument("--symbols", type=int, default=500)
+    parser.add_argument("--max-wait-ms", type=int, default=None, help="processor batch wait (default: settings)")
+    parser.add_argument("--warmup", type=float, default=5)
+    args = parser.parse_args()
+    run = uuid.uuid4().hex[:8]
+    prefix = f"lat-{run}."
+    settings = load_settings(topics=TopicSettings(prefix=prefix, data_partitions=8))
+    catalog = TopicCatalog(settings.topics.catalog_options())
+    admin = admin_client(settings.kafka)
+    ensure_topics(admin, catalog.specs())
+    env = {**os.environ, "STREAMQUANT_TOPICS_PREFIX": prefix, "STREAMQUANT_METRICS_PORT": "9479",
+           "STREAMQUANT_FEATURES_GROUP": f"lat-{run}", "STREAMQUANT_FEATURES_INSTANCE_ID": "lat"}
+    if args.max_wait_ms is not None:
+        env["STREAMQUANT_INGEST_MAX_WAIT_MS"] = str(args.max_wait_ms)
+    cli = [sys.executable, "-m", "streamquant"]
+    consumer = Consumer({**settings.kafka.client_config(), "group.id": f"lat-read-{run}",
+                         "isolation.level": "read_committed", "auto.offset.reset": "latest",
+                         "fetch.wait.max.ms": 5})
+    consumer.subscribe([catalog.name("features")])
+    processor = subprocess.Popen([*cli, "run", "features"], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    latencies: list[float] = []
+    try:
+        time.sleep(4)  # processor up and assigned
+        producer = subprocess.Popen([*cli, "produce", "ticks", "--symbols", str(args.symbols), "--rate",
+                                     str(args.rate), "--seconds", str(args.seconds)], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started = time.time()
+        while producer.poll() is None or time.time() - started < args.seconds + 3:
+            for m in consumer.consume(1000, 0.05):
+                if m.error() is not None:
+                    continue
+                now_ms = time.time() * 1000
+                f = orjson.loads(m.value())  # type: ignore[arg-type]
+                if f["interval"] == "1s" and f["ts"] / 1000 > started + args.warmup:
+                    latencies.append(now_ms - (f["ts"] + 1000))
+            if time.time() - started > args.seconds + 20:
+                break
+        import urllib.request
+
+        metrics = urllib.request.urlopen("http://127.0.0.1:9479/metrics").read().decode()
+        (OUT / "latency_processor_metrics.txt").parent.mkdir(exist_ok=True)
+        (OUT / "latency_processor_metrics.txt").write_text(metrics)
+    finally:
+        processor.terminate()
+        processor.wait(30)
+        consumer.close()
+        for fut in admin.delete_topics([s.name for s in catalog.specs()], operation_timeout=60).values():
+            fut.result(timeout=60)
+    lat = np.array(latencies)
+    wait = args.max_wait_ms if args.max_wait_ms is not None else settings.ingest.max_wait_ms
+    result = {"rate": args.rate, "max_wait_ms": wait, "vectors": len(lat), "p50_ms": float(np.percentile(lat, 50)),
+              "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max())}
+    print(f"\n{args.rate:,} ticks/s over {args.symbols} symbols, processor max wait {wait} ms: "
+          f"{len(lat):,} one-second feature vectors, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+          f"max {result['max_ms']:.1f} ms")
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"features_latency_{wait}ms.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
