@@ -71,8 +71,11 @@ $(BENCH_VENV)/.installed: bench/peers-requirements.txt
 	$(BENCH_VENV)/bin/pip install --quiet -r bench/peers-requirements.txt
 	touch $@
 
-bench: $(STAMP) $(BENCH_VENV)/.installed ## Decode benchmark against the peers, one run (figures: bench/RESULTS.md)
+bench: $(STAMP) $(BENCH_VENV)/.installed ## All benchmarks (the stream ones need `make up`); figures: bench/RESULTS.md
 	$(BIN)/python -m bench.decode_ticks --peers-python $(BENCH_VENV)/bin/python
+	$(BIN)/python -m bench.kernels_vs_talib
+	$(BIN)/python -m bench.features_stream
+	$(BIN)/python -m bench.features_latency
 
 clean: ## Remove caches (keeps .venv and the Kafka jar cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
