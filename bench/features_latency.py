@@ -45,7 +45,8 @@ def main() -> None:
     catalog = TopicCatalog(settings.topics.catalog_options())
     admin = admin_client(settings.kafka)
     ensure_topics(admin, catalog.specs())
-    env = {**os.environ, "STREAMQUANT_TOPICS_PREFIX": prefix, "STREAMQUANT_METRICS_PORT": "9479",  # scraped at the end, for the batch timings
+    # The processor's metrics are scraped at the end for its batch timings.
+    env = {**os.environ, "STREAMQUANT_TOPICS_PREFIX": prefix, "STREAMQUANT_METRICS_PORT": "9479",
            "STREAMQUANT_FEATURES_GROUP": f"lat-{run}", "STREAMQUANT_FEATURES_INSTANCE_ID": "lat"}
     if args.max_wait_ms is not None:
         env["STREAMQUANT_INGEST_MAX_WAIT_MS"] = str(args.max_wait_ms)
