@@ -60,6 +60,7 @@ class FeatureProcessor:
         self._restore = restore
         self._sink_factory = sink_factory
         self.states: dict[int, PartitionState] = {}
+        self._idle_since = time.monotonic()
         # The sink first: initialising it aborts whatever a dead predecessor left open, which would
         # otherwise hold back the read_committed restore below.
         self.sink = sink_factory()
@@ -69,12 +70,13 @@ class FeatureProcessor:
     # ------------------------------------------------------------------ loop
 
     def run(self, should_stop: Callable[[], bool], stop_when_idle_s: float | None = None) -> None:
-        idle_since = time.monotonic()
+        """Processes batches until told to stop, or until idle that long with partitions assigned (the clock
+        restarts at every assignment, so waiting for a rebalance does not count as idle)."""
+        self._idle_since = time.monotonic()
         while not should_stop():
-            n = self.step()
-            if n:
-                idle_since = time.monotonic()
-            elif stop_when_idle_s is not None and time.monotonic() - idle_since >= stop_when_idle_s:
+            if self.step() or not self.states:
+                self._idle_since = time.monotonic()
+            elif stop_when_idle_s is not None and time.monotonic() - self._idle_since >= stop_when_idle_s:
                 log.info("idle for %.0fs: stopping", stop_when_idle_s)
                 return
 
@@ -173,6 +175,7 @@ class FeatureProcessor:
         restored = self._restore(mine)
         for p in mine:
             self.states[p] = decode_state(self.engine, restored.get(p, {}))
+        self._idle_since = time.monotonic()
         log.info("restored state of partitions %s", mine)
 
     def _revoked(self, partitions: list[tuple[str, int]]) -> None:
