@@ -5,13 +5,15 @@
 Preloads synthetic ticks into a fresh `ticks` topic, then measures, one after the other on the same data:
 (a) the raw ceiling: confluent-kafka consume + StreamQuant decode only, no output;
 (b) the feature processor end to end: decode, 1s and 1m bars, 14 indicators, bars/features/changelog
-    published and offsets committed in one transaction per micro-batch (exactly-once on).
+    published and offsets committed in one transaction per micro-batch (exactly-once on);
+(c) with --peers-python: the same bars and indicators built with Quix Streams (bench/peer_quix_features.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +36,8 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=2_000_000)
     parser.add_argument("--symbols", type=int, default=500)
     parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--peers-python", type=Path, default=None,
+                        help="interpreter of a venv with quixstreams (make bench creates .venv-bench)")
     args = parser.parse_args()
     run = uuid.uuid4().hex[:8]
     settings = load_settings(topics=TopicSettings(prefix=f"bench-{run}.", data_partitions=args.partitions),
@@ -76,16 +80,29 @@ def main() -> None:
             done += processor.step()
         feat_s = time.perf_counter() - started
         processor.close()
+
+        # (c) the same bars and indicators with Quix Streams, in its own venv, over the same topic
+        c = None
+        if args.peers_python is not None:
+            line = subprocess.run([str(args.peers_python), str(Path(__file__).parent / "peer_quix_features.py"),
+                                   settings.kafka.bootstrap, ticks_topic, f"bench-{run}.", str(sent)],
+                                  capture_output=True, text=True, check=True, timeout=3600)
+            c = json.loads(line.stdout.strip().splitlines()[-1])["ticks_per_s"]
     finally:
-        for fut in admin.delete_topics([s.name for s in catalog.specs()], operation_timeout=60).values():
+        names = [t for t in admin.list_topics(timeout=10).topics if f"bench-{run}" in t]
+        for fut in admin.delete_topics(names, operation_timeout=60).values():
             fut.result(timeout=60)
 
     a, b = sent / raw_s, sent / feat_s
     print(f"\n| run | ticks/s |\n| --- | ---: |\n| (a) consume + decode only | {a:,.0f} |\n"
-          f"| (b) run features, exactly-once, 1s+1m bars, 14 indicators | {b:,.0f} |\n\nb/a = {b / a:.2f}")
+          f"| (b) run features, exactly-once, 1s+1m bars, 14 indicators | {b:,.0f} |")
+    if c is not None:
+        print(f"| (c) Quix Streams, exactly-once, the same bars and indicators | {c:,.0f} |")
+    print(f"\nb/a = {b / a:.2f}" + (f", b/c = {b / c:.2f}" if c else ""))
     OUT.mkdir(exist_ok=True)
     (OUT / "features_stream.json").write_text(json.dumps({"ticks": sent, "raw_ticks_per_s": a,
-                                                           "features_ticks_per_s": b}, indent=2))
+                                                           "features_ticks_per_s": b, "quix_ticks_per_s": c},
+                                                          indent=2))
 
 
 if __name__ == "__main__":
