@@ -46,12 +46,14 @@ down: $(STAMP) ## Stop what `make up` started
 status: $(STAMP) ## Is the local stack answering?
 	$(SQ) dev status
 
-demo: up ## The pipeline on the local stack: 15 s of synthetic ticks through the feature processor, then bars and features
-	$(SQ) produce ticks --symbols 50 --rate 5000 --seconds 15 --seed 7 & producer=$$!; \
-	$(SQ) run features --stop-when-idle 5; status=$$?; wait $$producer && exit $$status
-	$(SQ) tail ticks -n 5
-	$(SQ) tail bars -n 10
-	$(SQ) tail features -n 5
+demo: up ## The pipeline on the local stack: 15 s of synthetic ticks through the feature processor, features shown live
+	$(SQ) produce ticks --symbols 50 --rate 5000 --seconds 15 --seed 7 > .devstack/logs/demo-producer.log & producer=$$!; \
+	$(SQ) run features --stop-when-idle 5 > .devstack/logs/demo-features.log 2>&1 & processor=$$!; \
+	$(SQ) tail features -n 3 --follow --seconds 20; \
+	wait $$producer && wait $$processor
+	$(SQ) tail ticks -n 3
+	$(SQ) tail bars -n 5
+	@echo "producer and processor logs: .devstack/logs/demo-*.log"
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
 PYTEST = run_pytest() { $(BIN)/pytest "$$@"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc; }; run_pytest

@@ -51,9 +51,10 @@ class FeatureProcessor:
     """Runs the feature engine over a consumer group's share of the `ticks` partitions."""
 
     def __init__(self, engine: FeatureEngine, topics: FeatureTopics, source_factory: SourceFactory,
-                 sink_factory: Callable[[], TransactionalSink], restore: Restore,
+                 sink_factory: Callable[[], TransactionalSink], restore: Restore, namespace: str,
                  decoder: TickDecoder | None = None, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
+        self.namespace = namespace  # of this group's records in the changelog
         self.topics = topics
         self.decoder = decoder or TickDecoder()
         self.clock = clock
@@ -139,8 +140,8 @@ class FeatureProcessor:
                 letter = dead_letter(batch, idx, error_class="late", reason=reason, processor=NAME, dlq_topic=t.late)
                 self.sink.write(letter.topic, letter.key, letter.value, letter.headers)
             m.LATE_TICKS.inc(len(late_rows))
-            records = encode_symbols(self.engine, new_state, sorted(out.touched))
-            records.append(encode_partition(self.engine, new_state))
+            records = encode_symbols(self.engine, new_state, sorted(out.touched), self.namespace)
+            records.append(encode_partition(self.engine, new_state, self.namespace))
             for key, value in records:
                 self.sink.write(t.changelog, key, value, partition=p)
             pending[p] = new_state
@@ -174,7 +175,7 @@ class FeatureProcessor:
             return
         restored = self._restore(mine)
         for p in mine:
-            self.states[p] = decode_state(self.engine, restored.get(p, {}))
+            self.states[p] = decode_state(self.engine, restored.get(p, {}), self.namespace)
         self._idle_since = time.monotonic()
         log.info("restored state of partitions %s", mine)
 

@@ -18,16 +18,22 @@ import numpy as np
 
 from gpu_kernels.bars import BarState
 from gpu_kernels.features import FeatureState
+from processors.errors import ProcessorError
 from processors.features import EngineConfig, FeatureEngine, PartitionState
 
-PARTITION_KEY = b"\x00partition"
+PARTITION = "\x00partition"  # the partition record's name, after the namespace
 LAYOUT = 2  # bump whenever a record's or a kernel state's layout changes
 _BAR_INT = ("start", "open_ts", "open_seq", "close_ts", "close_seq", "trades")
 _BAR_FLOAT = ("open", "high", "low", "close", "volume", "pv")
 
 
-class StateError(Exception):
+class StateError(ProcessorError):
     """A changelog that cannot be restored into this processor (other configuration, unknown version)."""
+
+
+def state_key(namespace: str, name: str) -> bytes:
+    """Records are namespaced (by consumer group): groups sharing a changelog topic never read each other's."""
+    return f"{namespace}/{name}".encode()
 
 
 def fingerprint(config: EngineConfig) -> str:
@@ -35,7 +41,8 @@ def fingerprint(config: EngineConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def encode_symbols(engine: FeatureEngine, state: PartitionState, symbols: Iterable[str]) -> list[tuple[bytes, bytes]]:
+def encode_symbols(engine: FeatureEngine, state: PartitionState, symbols: Iterable[str], namespace: str
+                   ) -> list[tuple[bytes, bytes]]:
     """(key, value) changelog records for these symbols (the work is proportional to how many)."""
     fs = state.features
     if fs is None:
@@ -60,30 +67,35 @@ def encode_symbols(engine: FeatureEngine, state: PartitionState, symbols: Iterab
         lo, hi = int(np.searchsorted(keys, slot, "left")), int(np.searchsorted(keys, slot, "right"))
         series[sym][iv] = {"n": hi - lo, "ints": ints[lo:hi].tobytes(), "floats": floats[lo:hi].tobytes(),
                            "counts": counts[row].tobytes(), "vals": vals[row].tobytes()}
-    return [(sym.encode(), msgspec.msgpack.encode({"v": LAYOUT, "series": series[sym]})) for sym in symbols]
+    return [(state_key(namespace, sym), msgspec.msgpack.encode({"v": LAYOUT, "series": series[sym]}))
+            for sym in symbols]
 
 
-def encode_partition(engine: FeatureEngine, state: PartitionState) -> tuple[bytes, bytes]:
+def encode_partition(engine: FeatureEngine, state: PartitionState, namespace: str) -> tuple[bytes, bytes]:
     record = {
         "v": LAYOUT,
         "config": fingerprint(engine.config),
         "max_ts": {iv: int(state.bars[iv].max_ts) for iv in engine.config.intervals},
         "next_seq": {iv: int(state.bars[iv].next_seq) for iv in engine.config.intervals},
     }
-    return PARTITION_KEY, msgspec.msgpack.encode(record)
+    return state_key(namespace, PARTITION), msgspec.msgpack.encode(record)
 
 
-def decode_state(engine: FeatureEngine, records: dict[bytes, bytes | None]) -> PartitionState:
-    """The partition state from its changelog (the newest record per key)."""
-    part = records.get(PARTITION_KEY)
+def decode_state(engine: FeatureEngine, records: dict[bytes, bytes | None], namespace: str) -> PartitionState:
+    """The partition state from its changelog (the newest record per key), this namespace's records only."""
+    prefix = state_key(namespace, "")
+    part_key = state_key(namespace, PARTITION)
+    part = records.get(part_key)
     if part is None:
         return engine.empty_state()
     meta = msgspec.msgpack.decode(part)
     if meta.get("v") != LAYOUT:
-        raise StateError(f"changelog partition record version {meta.get('v')} is not supported")
+        raise StateError(f"the changelog of group {namespace!r} has state layout {meta.get('v')}, this version "
+                         f"reads layout {LAYOUT}: run it under a new features.group, which starts its own state")
     if meta["config"] != fingerprint(engine.config):
-        raise StateError("the changelog was written with other intervals, lateness or features; "
-                         "use a new changelog (or consumer group) for a new configuration")
+        raise StateError(f"the changelog of group {namespace!r} was written with other intervals, lateness or "
+                         "features (or an older state layout): run the new configuration under a new "
+                         "features.group, which starts its own state")
     empty = engine.feature_set.empty_state()
     widths = [v.shape[1] for v in empty.vals]
     offsets = np.cumsum([0, *widths]).tolist()
@@ -93,13 +105,14 @@ def decode_state(engine: FeatureEngine, records: dict[bytes, bytes | None]) -> P
     keys: dict[str, list[np.ndarray]] = {iv: [] for iv in engine.config.intervals}
     counts_rows: list[np.ndarray] = []
     vals_rows: list[np.ndarray] = []
-    for key in sorted(k for k, v in records.items() if k != PARTITION_KEY and v is not None):
+    for key in sorted(k for k, v in records.items()
+                      if k.startswith(prefix) and k != part_key and v is not None):
         value = records[key]
         assert value is not None
         rec = msgspec.msgpack.decode(value)
         if rec.get("v") != LAYOUT:
             raise StateError(f"changelog record version {rec.get('v')} of {key!r} is not supported")
-        symbol = key.decode()
+        symbol = key[len(prefix):].decode()
         for iv, s in rec["series"].items():
             slot = slots.setdefault((symbol, iv), len(slots))
             n = s["n"]

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from processors.errors import ProcessorError
 from schemas.errors import SchemaError
 from streamquant.devstack import DevStack, DevStackError, ServiceState
 from streamquant.errors import UserError
@@ -136,7 +137,7 @@ from streamquant import cli_run, cli_stream  # noqa: E402  (register their comma
 cli_stream.register(app)
 cli_run.register(app)
 
-USER_ERRORS = (UserError, SettingsError, DevStackError, StreamsError, SchemaError)
+USER_ERRORS = (UserError, SettingsError, DevStackError, StreamsError, SchemaError, ProcessorError)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -85,7 +85,7 @@ def build_feature_processor(settings: Settings) -> FeatureProcessor:
     def restore(partitions: list[int]) -> dict[int, dict[bytes, bytes | None]]:
         return read_changelog(settings.kafka, topics.changelog, partitions, timeout_s=120)
 
-    return FeatureProcessor(engine, topics, source_factory, sink_factory, restore)
+    return FeatureProcessor(engine, topics, source_factory, sink_factory, restore, namespace=settings.features.group)
 
 
 @run_app.command("features")

@@ -22,7 +22,7 @@ from schemas.records import RECORD_TYPES
 from schemas.spec import to_dict
 from schemas.ticks import TickColumns, decode_tick, encode_columns, tick_from_dict
 from streamquant.errors import UserError
-from streamquant.kafka_io import admin_client, newest_messages, topic_partitions
+from streamquant.kafka_io import RawMessage, admin_client, follow_messages, newest_messages, topic_partitions
 from streamquant.settings import Settings
 from streams.dlq import header_dict
 from streams.sink import KafkaSink
@@ -203,6 +203,8 @@ def tail(
     topic: Annotated[str, typer.Argument(help="logical topic name (ticks, bars, ticks.dlq, ...)")],
     n: Annotated[int, typer.Option("--n", "-n", min=1, max=100_000, help="how many of the newest")] = 20,
     raw: Annotated[bool, typer.Option(help="print values as received")] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="then keep printing new messages")] = False,
+    seconds: Annotated[float | None, typer.Option(help="with --follow: stop after this long")] = None,
 ) -> None:
     """Print the newest messages of a topic, decoded (dead letters with their reason headers)."""
     settings = _settings(ctx)
@@ -214,14 +216,24 @@ def tail(
         raise UserError(f"topic {full} does not exist (create the catalog with `streamquant topics create`)")
     spec = catalog.spec(topic)
     render = _renderer(spec.record, raw, settings.ingest.max_tick_bytes)
-    messages = newest_messages(settings.kafka, full, partitions, n)
-    if not messages:
+    messages, ends = newest_messages(settings.kafka, full, partitions, n)
+    if not messages and not follow:
         console.print(f"[dim]{full} is empty[/]")
         return
     for m in messages:
-        key = (m.key or b"").decode("utf-8", "replace")
-        console.print(f"[dim]{m.partition}:{m.offset}[/] [cyan]{escape(key)}[/] {escape(render(m.value, m.headers))}",
-                      highlight=False, soft_wrap=True)
+        _print_message(m, render)
+    if follow:
+        try:
+            for m in follow_messages(settings.kafka, full, ends, seconds):
+                _print_message(m, render)
+        except KeyboardInterrupt:
+            pass
+
+
+def _print_message(m: RawMessage, render: Any) -> None:
+    key = (m.key or b"").decode("utf-8", "replace")
+    console.print(f"[dim]{m.partition}:{m.offset}[/] [cyan]{escape(key)}[/] {escape(render(m.value, m.headers))}",
+                  highlight=False, soft_wrap=True)
 
 
 def _renderer(record: str, raw: bool, max_tick_bytes: int) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
 
@@ -48,20 +49,23 @@ class RawMessage:
 
 
 def newest_messages(config: KafkaConfig, topic: str, partitions: list[int], n: int,
-                    timeout_s: float = 10.0) -> list[RawMessage]:
-    """The last `n` committed messages of a topic (by broker timestamp, across partitions)."""
+                    timeout_s: float = 10.0) -> tuple[list[RawMessage], dict[int, int]]:
+    """The last `n` committed messages of a topic (by broker timestamp, across partitions), and the end
+    offset of each partition when they were read (where following the topic carries on)."""
     consumer = Consumer({**config.client_config(), "group.id": f"streamquant-tail-{uuid.uuid4()}",
                          "enable.auto.commit": False, "isolation.level": "read_committed"})
     try:
         assignment = []
         ends: dict[int, int] = {}
+        all_ends: dict[int, int] = {}
         for p in partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            all_ends[p] = high
             if high > low:
                 ends[p] = high
                 assignment.append(TopicPartition(topic, p, max(low, high - n)))
         if not assignment:
-            return []
+            return [], all_ends
         consumer.assign(assignment)
         out: list[RawMessage] = []
         done: set[int] = set()
@@ -80,6 +84,23 @@ def newest_messages(config: KafkaConfig, topic: str, partitions: list[int], n: i
                 if tp.offset >= ends[tp.partition] or tp.offset == OFFSET_END:
                     done.add(tp.partition)
         out.sort(key=lambda m: (m.timestamp, m.partition, m.offset))
-        return out[-n:]
+        return out[-n:], all_ends
+    finally:
+        consumer.close()
+
+
+def follow_messages(config: KafkaConfig, topic: str, start: dict[int, int], seconds: float | None
+                    ) -> Iterator[RawMessage]:
+    """Committed messages as they arrive, from the given offsets, for `seconds` (None: until interrupted)."""
+    consumer = Consumer({**config.client_config(), "group.id": f"streamquant-tail-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    try:
+        consumer.assign([TopicPartition(topic, p, o) for p, o in start.items()])
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while deadline is None or time.monotonic() < deadline:
+            for m in consumer.consume(500, 0.2):
+                if m.error() is None:
+                    yield RawMessage(cast(int, m.partition()), cast(int, m.offset()), m.timestamp()[1], m.key(),
+                                     m.value(), cast(Headers | None, m.headers()))
     finally:
         consumer.close()
