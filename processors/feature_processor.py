@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 
 from processors import metrics as m
+from processors.errors import ProcessorError
 from processors.feature_state import decode_state, encode_partition, encode_symbols
 from processors.features import ClosedBars, FeatureEngine, PartitionState
 from schemas.tick_decoder import TickDecoder
@@ -30,6 +31,7 @@ from streams.transactions import TransactionalSink
 
 log = logging.getLogger(__name__)
 NAME = "features"
+MAX_ABORTS_IN_A_ROW = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,7 @@ class FeatureProcessor:
         self._sink_factory = sink_factory
         self.states: dict[int, PartitionState] = {}
         self._idle_since = time.monotonic()
+        self._aborts_in_a_row = 0
         # The sink first: initialising it aborts whatever a dead predecessor left open, which would
         # otherwise hold back the read_committed restore below.
         self.sink = sink_factory()
@@ -93,8 +96,13 @@ class FeatureProcessor:
             self.sink.commit(self.source, batch.next_offsets())
             m.COMMIT_SECONDS.labels(NAME).observe(time.perf_counter() - commit_started)
         except TransactionAborted as err:
-            log.warning("transaction aborted (%s): re-reading the batch", err)
+            self._aborts_in_a_row += 1
             m.ABORTS.labels(NAME).inc()
+            if self._aborts_in_a_row > MAX_ABORTS_IN_A_ROW:
+                raise ProcessorError(f"the same batch was aborted {self._aborts_in_a_row} times in a row, last: "
+                                     f"{err}; stopping rather than looping") from None
+            log.warning("transaction aborted (%s): re-reading the batch", err)
+            time.sleep(min(0.1 * 2 ** self._aborts_in_a_row, 5.0))
             self.source.seek(batch.first_offsets())
             return 0
         except ProducerFenced as err:
@@ -103,6 +111,7 @@ class FeatureProcessor:
             self._reset()
             return 0
         self.states.update(pending)
+        self._aborts_in_a_row = 0
         m.TICKS_IN.inc(len(batch))
         m.BATCHES.labels(NAME).inc()
         m.BATCH_SIZE.labels(NAME).observe(len(batch))
@@ -131,7 +140,8 @@ class FeatureProcessor:
             rows = np.flatnonzero(partitions == p)
             state = self.states.get(p)
             if state is None:  # assigned without a restore (cannot happen with our callbacks): refuse to guess
-                raise RuntimeError(f"partition {p} of {t.ticks} has no restored state")
+                self.sink.abort()
+                raise ProcessorError(f"partition {p} of {t.ticks} has no restored state; stopping")
             out, new_state = self.engine.process(state, decoded.ticks.take(rows))
             for closed in out.closed:
                 self._publish(closed)

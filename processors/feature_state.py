@@ -32,8 +32,9 @@ class StateError(ProcessorError):
 
 
 def state_key(namespace: str, name: str) -> bytes:
-    """Records are namespaced (by consumer group): groups sharing a changelog topic never read each other's."""
-    return f"{namespace}/{name}".encode()
+    """Records are namespaced (by consumer group): groups sharing a changelog topic never read each other's.
+    The namespace's length leads, so no namespace is a prefix of another's keys ("g" and "g/x" included)."""
+    return f"{len(namespace)}:{namespace}/{name}".encode()
 
 
 def fingerprint(config: EngineConfig) -> str:

@@ -101,6 +101,16 @@ class TickDecoder:
               part_indices: list[np.ndarray], slow: list[int]) -> None:
         """Parses the messages; on a failure, sets aside the message the parser blamed and goes on after it."""
         joined = _Joined(chunk)
+        suspect = joined.suspects()
+        if suspect.any():
+            # A message that could carry a string across its end goes to the reference decoder alone.
+            slow += idx[suspect].tolist()
+            keep = ~suspect
+            chunk = [v for v, k in zip(chunk, keep.tolist(), strict=True) if k]
+            idx = idx[keep]
+            if not chunk:
+                return
+            joined = _Joined(chunk)
         self._span(joined, 0, len(chunk), idx, parts, part_indices, slow)
 
     def _span(self, joined: _Joined, lo: int, hi: int, idx: np.ndarray, parts: list[TickColumns],
@@ -146,11 +156,14 @@ _AT_BYTE = re.compile(r"\(byte (\d+)\)")
 class _Joined:
     """The messages of a chunk joined once by commas; any run of them parses as one JSON array.
 
-    A message cannot smuggle in a second array element without another message losing its only one
-    (an empty slot is a syntax error), so when the row count matches, row i is message i. When a parse
-    fails, msgspec names the element (type errors) or the byte (syntax errors); the message that holds
-    it is blamed. It may be innocent (an unterminated string is noticed later): it then simply takes the
-    reference path.
+    Row i is message i when the row count matches, provided no string runs from one message into the
+    next (a message `{..},{..` plus one holding `","...}` would otherwise trade places). `suspects` finds
+    the only messages that could do that — an odd number of quotes, or a backslash (which could escape
+    one) — and those take the reference path: with every quote unescaped and paired inside its message,
+    each message starts and ends outside a string, and the scalar-only struct leaves no other way for
+    one message's bytes to become part of another's element. When a parse fails, msgspec names the
+    element (type errors) or the byte (syntax errors); the message holding it is blamed (perhaps an
+    innocent neighbour: it then simply takes the reference path).
     """
 
     def __init__(self, chunk: Sequence[bytes]) -> None:
@@ -160,6 +173,17 @@ class _Joined:
         self.starts = np.ones(len(chunk) + 1, np.int64)
         np.cumsum(lengths + 1, out=self.starts[1:])
         self.starts[1:] += 1
+
+    def suspects(self) -> np.ndarray:
+        """True for each message with an odd number of quotes or any backslash."""
+        arr = np.frombuffer(self.buf, np.uint8)
+        n = len(self.starts) - 1
+        owner = np.searchsorted(self.starts, np.flatnonzero(arr == 0x22), side="right") - 1
+        odd = (np.bincount(owner, minlength=n + 1)[:n] % 2) == 1
+        backslash = np.flatnonzero(arr == 0x5C)
+        if len(backslash):
+            odd[np.searchsorted(self.starts, backslash, side="right") - 1] = True
+        return odd
 
     def parse(self, lo: int, hi: int) -> tuple[list[_WireTick] | None, int | None]:
         """Rows of messages lo..hi-1, or None and the index of the blamed message (None: unknown)."""

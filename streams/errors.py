@@ -24,4 +24,8 @@ class TransactionAborted(StreamsError):
 
 
 class ProducerFenced(StreamsError):
-    """The transactional producer hit a fatal error (fenced by a newer instance, or broken): recreate it."""
+    """The transactional producer hit a fatal error: recreate it (and restore state) to go on."""
+
+
+class DuplicateInstance(StreamsError):
+    """Another live instance uses the same transactional id and fenced this one: stop, do not fight it."""

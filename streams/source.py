@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams.config import KafkaConfig
 from streams.errors import KafkaClientError
@@ -118,6 +118,7 @@ class BatchSource:
         extra: dict[str, Any] | None = None,
     ) -> None:
         self.max_messages = max_messages
+        self._reset_to = OFFSET_BEGINNING if auto_offset_reset in ("earliest", "smallest", "beginning") else OFFSET_END
         self.max_wait_s = max_wait_s
         self._on_assign = on_assign
         self._on_revoke = on_revoke
@@ -189,11 +190,15 @@ class BatchSource:
         for (topic, partition), offset in offsets.items():
             self._consumer.seek(TopicPartition(topic, partition, offset))
 
-    def rewind_to_committed(self, partitions: Sequence[tuple[str, int]]) -> None:
-        """Moves partitions back to their committed offsets (the start where nothing is committed yet)."""
-        committed = self.committed(partitions)
-        for (topic, partition), offset in committed.items():
-            self._consumer.seek(TopicPartition(topic, partition, offset if offset >= 0 else OFFSET_BEGINNING))
+    def rewind_to_committed(self, partitions: Sequence[tuple[str, int]], timeout_s: float = 10.0) -> None:
+        """Moves partitions back to their committed offsets (where nothing is committed yet: to where
+        `auto_offset_reset` says). A failed lookup raises: guessing could replay or skip messages."""
+        tps = self._consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout_s)
+        for tp in tps:
+            if tp.error is not None:
+                raise KafkaClientError(f"committed offset of {tp.topic}[{tp.partition}]: {tp.error.str()}")
+            offset = tp.offset if tp.offset >= 0 else self._reset_to
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Messages between each assigned partition's position and its end (from the client's cached view)."""
@@ -222,6 +227,9 @@ class BatchSource:
         elif err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
             log.warning("broker connection: %s", err.str())
 
+    # An exception in a rebalance callback is kept and re-raised by next_batch, which drops that consume()'s
+    # messages with it: such an error is fatal for the processor (it stops, and restarts from committed
+    # offsets and its changelog), never something to catch and go on after.
     def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._on_assign and self._callback_error is None:
             try:

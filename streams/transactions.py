@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 
 from streams.config import KafkaConfig
 from streams.dlq import H_ERROR_CLASS, DeadLetter
-from streams.errors import KafkaClientError, ProducerFenced, TransactionAborted
+from streams.errors import DuplicateInstance, KafkaClientError, ProducerFenced, TransactionAborted
 from streams.metrics import DEAD_LETTERS, MESSAGES_PRODUCED
 from streams.source import BatchSource, Headers
 
@@ -99,17 +99,12 @@ class TransactionalSink:
             MESSAGES_PRODUCED.labels(topic).inc(count)
 
     def abort(self) -> None:
+        """Aborts the open transaction (retrying retriable errors); it stays open if the abort fails."""
         if not self._open:
             return
-        try:
-            self._producer.abort_transaction(self._timeout_s)
-        except KafkaException as err:
-            if err.args[0].fatal():
-                raise ProducerFenced(f"producer {self.transactional_id}: {err.args[0].str()}") from None
-            raise
-        finally:
-            self._open = False
-            self._failed = []
+        self._call(lambda: self._producer.abort_transaction(self._timeout_s), "abort_transaction", aborting=True)
+        self._open = False
+        self._failed = []
 
     def close(self) -> None:
         if self._open:
@@ -120,7 +115,7 @@ class TransactionalSink:
 
     # -- internals
 
-    def _call(self, fn: Callable[[], T], what: str) -> T:
+    def _call(self, fn: Callable[[], T], what: str, aborting: bool = False) -> T:
         deadline = time.monotonic() + self._timeout_s * 2
         while True:
             try:
@@ -131,17 +126,27 @@ class TransactionalSink:
                     log.warning("%s: %s (retrying)", what, kerr.str())
                     time.sleep(0.1)
                     continue
+                if aborting:  # an abort that fails is fatal or final: never abort again from here
+                    self._raise_fatal(kerr, what)
+                    raise KafkaClientError(f"{what}: {kerr.str()}") from None
                 self._raise(kerr, what)
 
     def _raise(self, kerr: KafkaError, what: str) -> Any:
+        self._raise_fatal(kerr, what)
+        # Once a transaction needs aborting, librdkafka refuses further produce() calls with _STATE.
+        if kerr.txn_requires_abort() or (self._open and kerr.code() == KafkaError._STATE):
+            self.abort()  # may itself raise (fatal): that error wins
+            raise TransactionAborted(f"{what}: {kerr.str()}")
+        raise KafkaClientError(f"{what}: {kerr.str()}")
+
+    def _raise_fatal(self, kerr: KafkaError, what: str) -> None:
+        if kerr.code() in (KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+                           KafkaError._FENCED):
+            raise DuplicateInstance(
+                f"transactional id {self.transactional_id} was fenced ({kerr.str()}): another instance uses it "
+                "(give every instance its own features.instance_id), or a batch outlived transaction.timeout.ms")
         if kerr.fatal():
             raise ProducerFenced(f"{what} for {self.transactional_id}: {kerr.str()}")
-        if kerr.txn_requires_abort():
-            try:
-                self.abort()
-            finally:
-                raise TransactionAborted(f"{what}: {kerr.str()}")
-        raise KafkaClientError(f"{what}: {kerr.str()}")
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:

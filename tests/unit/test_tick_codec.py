@@ -89,8 +89,11 @@ def _json_with_nonfinite(obj: dict[str, Any]) -> bytes:
 valid_tick_bytes = records(Tick).map(lambda t: encode_tick(t))
 avro_tick_bytes = records(Tick).map(lambda t: encode_tick(t, "avro"))
 # Fragments glued together: shapes that once crashed Arrow's reader (a top-level `null` row) live here.
-_fragments = st.sampled_from([b"null", b"{}", b"[]", b"1", b'"s"', b"\n", b" ", b"}", b"{", b",", b"true",
-                              b'{"symbol":"A","ts":1700000000000,"price":1,"size":1}'])
+_fragments = st.sampled_from([
+    b"null", b"{}", b"[]", b"1", b'"s"', b"\n", b" ", b"}", b"{", b",", b"true", b'"', b"\\", b'","',
+    b'{"symbol":"C","exchange":"}', b'{","ts":1700000000000,"price":2,"size":3}',
+    b'{"symbol":"A","ts":1700000000000,"price":1,"size":1}',
+])
 glued = st.lists(_fragments, min_size=1, max_size=5).map(b"".join)
 
 any_message = st.one_of(
@@ -164,6 +167,17 @@ def test_rejects_name_the_problem(change: dict[str, Any], error_class: str) -> N
     got = TickDecoder().decode([orjson.dumps(GOOD), value])
     assert len(got.ticks) == 1
     assert [(r.index, r.error_class) for r in got.rejects] == [(1, error_class)]
+
+
+def test_a_string_cannot_carry_one_message_into_the_next() -> None:
+    # Two objects in one message, and two halves joined by a string that swallows the separator: the row
+    # count of the joined batch matches, but no row may be credited to the wrong message.
+    two = (b'{"symbol":"AAA","ts":1700000000000,"price":1,"size":1},'
+           b'{"symbol":"BBB","ts":1700000000000,"price":1,"size":1}')
+    opened = b'{"symbol":"CCC","exchange":"}'
+    closed = b'{","ts":1700000000000,"price":2,"size":3}'
+    assert_same([two, opened, closed])
+    assert_same([orjson.dumps(GOOD), two, opened, closed, orjson.dumps(GOOD)])
 
 
 def test_nan_literal_missing_field_not_json_and_too_large() -> None:
