@@ -101,16 +101,6 @@ class TickDecoder:
               part_indices: list[np.ndarray], slow: list[int]) -> None:
         """Parses the messages; on a failure, sets aside the message the parser blamed and goes on after it."""
         joined = _Joined(chunk)
-        suspect = joined.suspects()
-        if suspect.any():
-            # A message that could carry a string across its end goes to the reference decoder alone.
-            slow += idx[suspect].tolist()
-            keep = ~suspect
-            chunk = [v for v, k in zip(chunk, keep.tolist(), strict=True) if k]
-            idx = idx[keep]
-            if not chunk:
-                return
-            joined = _Joined(chunk)
         self._span(joined, 0, len(chunk), idx, parts, part_indices, slow)
 
     def _span(self, joined: _Joined, lo: int, hi: int, idx: np.ndarray, parts: list[TickColumns],
@@ -119,9 +109,10 @@ class TickDecoder:
         while start < hi:
             rows, blamed = joined.parse(start, hi)
             if rows is not None:
-                self._keep(rows, idx[start:hi], parts, part_indices, slow)
-                return
-            if blamed is None:  # the parser could not say where: halve
+                if self._keep(rows, idx[start:hi], parts, part_indices, slow):
+                    return
+                blamed = None
+            if blamed is None:  # the parser could not say where (or the rows may be misaligned): halve
                 if hi - start <= _SPLIT_FLOOR:
                     slow += idx[start:hi].tolist()
                     return
@@ -136,17 +127,21 @@ class TickDecoder:
 
     @staticmethod
     def _keep(rows: list[_WireTick], idx: np.ndarray, parts: list[TickColumns], part_indices: list[np.ndarray],
-              slow: list[int]) -> None:
+              slow: list[int]) -> bool:
+        """Keeps the rows of a parsed run; False when row i might not be message i (see `_Joined`)."""
         columns, ok = _columns(rows)
+        if any("," in v for v in columns.symbols) or any("," in v for v in columns.exchanges):
+            return False
         if ok is None:
             parts.append(columns)
             part_indices.append(idx)
-            return
+            return True
         # Flagged rows get their reason from the reference decoder; rare, so per message is fine.
         slow += idx[~ok].tolist()
         if ok.any():
             parts.append(columns.take(ok))
             part_indices.append(idx[ok])
+        return True
 
 
 _AT_ELEMENT = re.compile(r"at `\$\[(\d+)\]")
@@ -157,13 +152,12 @@ class _Joined:
     """The messages of a chunk joined once by commas; any run of them parses as one JSON array.
 
     Row i is message i when the row count matches, provided no string runs from one message into the
-    next (a message `{..},{..` plus one holding `","...}` would otherwise trade places). `suspects` finds
-    the only messages that could do that — an odd number of quotes, or a backslash (which could escape
-    one) — and those take the reference path: with every quote unescaped and paired inside its message,
-    each message starts and ends outside a string, and the scalar-only struct leaves no other way for
-    one message's bytes to become part of another's element. When a parse fails, msgspec names the
-    element (type errors) or the byte (syntax errors); the message holding it is blamed (perhaps an
-    innocent neighbour: it then simply takes the reference path).
+    next (a message `{..},{..` plus one holding `","...}` would otherwise trade places). A string that
+    crosses a message boundary contains the comma between them; field names cannot (the struct knows only
+    its own), numbers end at it, so only a `symbol` or `exchange` value could — and a run whose values hold
+    a comma is not trusted: it is split until the reference decoder takes the messages one by one. When a
+    parse fails, msgspec names the element (type errors) or the byte (syntax errors); the message holding
+    it is blamed (perhaps an innocent neighbour: it then simply takes the reference path).
     """
 
     def __init__(self, chunk: Sequence[bytes]) -> None:
@@ -173,17 +167,6 @@ class _Joined:
         self.starts = np.ones(len(chunk) + 1, np.int64)
         np.cumsum(lengths + 1, out=self.starts[1:])
         self.starts[1:] += 1
-
-    def suspects(self) -> np.ndarray:
-        """True for each message with an odd number of quotes or any backslash."""
-        arr = np.frombuffer(self.buf, np.uint8)
-        n = len(self.starts) - 1
-        owner = np.searchsorted(self.starts, np.flatnonzero(arr == 0x22), side="right") - 1
-        odd = (np.bincount(owner, minlength=n + 1)[:n] % 2) == 1
-        backslash = np.flatnonzero(arr == 0x5C)
-        if len(backslash):
-            odd[np.searchsorted(self.starts, backslash, side="right") - 1] = True
-        return odd
 
     def parse(self, lo: int, hi: int) -> tuple[list[_WireTick] | None, int | None]:
         """Rows of messages lo..hi-1, or None and the index of the blamed message (None: unknown)."""
