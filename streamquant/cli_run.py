@@ -10,8 +10,6 @@ from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 import typer
 from prometheus_client import start_http_server
 from rich.console import Console
@@ -24,6 +22,7 @@ from schemas.ticks import TickColumns
 from streamquant.errors import UserError
 from streamquant.kafka_io import admin_client, topic_partitions
 from streamquant.settings import Settings
+from streamquant.tables import read_table, write_table
 from streams.changelog import read_changelog
 from streams.source import BatchSource
 from streams.topics import TopicCatalog
@@ -124,7 +123,7 @@ def features_compute(
     """Compute the feature set over a file of bars (or ticks, which are first made into bars)."""
     settings = _settings(ctx)
     engine = _engine(settings)
-    table = _read_table(input_path)
+    table = read_table(input_path)
     names = set(table.column_names)
     if set(BAR_COLUMNS) <= names:
         result = _from_bars(engine.feature_set, table)
@@ -132,12 +131,12 @@ def features_compute(
         result = _from_ticks(engine, table)
     else:
         raise UserError(f"{input_path} needs bar columns {list(BAR_COLUMNS)} or tick columns {list(TICK_COLUMNS)}")
-    _write_table(result, output_path)
+    write_table(result, output_path)
     console.print(f"wrote {result.num_rows:,} rows × {len(engine.feature_set.names)} features to {output_path}")
 
 
 def _from_bars(feature_set: FeatureSet, table: pa.Table) -> pa.Table:
-    table = _ms(table).sort_by([("symbol", "ascending"), ("ts", "ascending")])
+    table = table.sort_by([("symbol", "ascending"), ("ts", "ascending")])
     col = {n: table.column(n).to_numpy(zero_copy_only=False) for n in BAR_COLUMNS}
     values = features_for_bars(feature_set, col["symbol"], *(col[n].astype(np.float64)
                                                               for n in ("high", "low", "close", "volume")))
@@ -148,7 +147,6 @@ def _from_bars(feature_set: FeatureSet, table: pa.Table) -> pa.Table:
 
 def _from_ticks(engine: FeatureEngine, table: pa.Table) -> pa.Table:
 
-    table = _ms(table)
     rows = table.select(list(TICK_COLUMNS)).to_pylist()
     ticks = TickColumns.from_records([Tick(str(r["symbol"]), int(r["ts"]), float(r["price"]), float(r["size"]))
                                       for r in rows])
@@ -163,35 +161,3 @@ def _from_ticks(engine: FeatureEngine, table: pa.Table) -> pa.Table:
             t = t.append_column(name, pa.array(c.features[name], mask=np.isnan(c.features[name])))
         parts.append(t)
     return pa.concat_tables(parts).sort_by([("symbol", "ascending"), ("interval", "ascending"), ("ts", "ascending")])
-
-
-def _ms(table: pa.Table) -> pa.Table:
-    if pa.types.is_timestamp(table.schema.field("ts").type):
-        ms = table.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
-        table = table.set_column(table.column_names.index("ts"), "ts", ms)
-    return table
-
-
-def _read_table(path: Path) -> pa.Table:
-    if not path.exists():
-        raise UserError(f"file {path} does not exist")
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            return pq.read_table(path)
-        if path.suffix.lower() == ".csv":
-            return pacsv.read_csv(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
-    raise UserError(f"{path}: expected a .csv or .parquet file")
-
-
-def _write_table(table: pa.Table, path: Path) -> None:
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            pq.write_table(table, path)
-        elif path.suffix.lower() == ".csv":
-            pacsv.write_csv(table, path)
-        else:
-            raise UserError(f"{path}: the output must end in .csv or .parquet")
-    except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror}") from None

@@ -7,9 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 import typer
 from rich.console import Console
 from rich.live import Live
@@ -24,6 +21,7 @@ from schemas.ticks import TickColumns, decode_tick, encode_columns, tick_from_di
 from streamquant.errors import UserError
 from streamquant.kafka_io import RawMessage, admin_client, follow_messages, newest_messages, topic_partitions
 from streamquant.settings import Settings
+from streamquant.tables import read_table
 from streams.dlq import header_dict
 from streams.sink import KafkaSink
 from streams.topics import TopicCatalog
@@ -147,26 +145,13 @@ class _RateLine:
 
 
 def _read_tick_file(path: Path) -> _Replay:
-    if not path.exists():
-        raise UserError(f"file {path} does not exist")
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            table = pq.read_table(path)
-        elif path.suffix.lower() == ".csv":
-            table = pacsv.read_csv(path)
-        else:
-            raise UserError(f"{path}: expected a .csv or .parquet file")
-    except (pa.ArrowInvalid, OSError) as err:
-        raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
+    table = read_table(path)
     missing = [c for c in TICK_COLUMNS[:4] if c not in table.column_names]
     if missing:
         raise UserError(f"{path} lacks column(s) {missing}; ticks need {list(TICK_COLUMNS[:4])}")
     extra = [c for c in table.column_names if c not in TICK_COLUMNS]
     if extra:
         raise UserError(f"{path} has unknown column(s) {extra}; allowed: {list(TICK_COLUMNS)}")
-    if pa.types.is_timestamp(table.schema.field("ts").type):
-        ms = table.column("ts").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
-        table = table.set_column(table.column_names.index("ts"), "ts", ms)
     rows = table.to_pylist()
     ticks = []
     for i, row in enumerate(rows, start=1):
