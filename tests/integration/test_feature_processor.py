@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from processors.features import EngineConfig, FeatureEngine
@@ -67,10 +67,18 @@ def start(env: dict[str, str], instance: str, idle_s: int = 8) -> subprocess.Pop
 
 
 def committed_total(kafka: KafkaConfig, group: str, topic: str) -> int:
+    # Offsets pending in a killed instance's open transaction are "unstable": the broker holds the answer
+    # back until that transaction is aborted (up to transaction.timeout.ms), so ask patiently.
     c = Consumer({**kafka.client_config(), "group.id": group, "enable.auto.commit": False})
     try:
-        tps = c.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in tps)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                tps = c.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=30)
+                return sum(max(tp.offset, 0) for tp in tps)
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
     finally:
         c.close()
 
