@@ -93,8 +93,12 @@ def port_open(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> boo
 
 
 def new_cluster_id() -> str:
-    """16 random bytes, url-safe base64 without padding (what `kafka-storage random-uuid` prints)."""
-    return base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    """16 random bytes, url-safe base64 without padding (what `kafka-storage random-uuid` prints). Like
+    Kafka's own generator, never one starting with "-", which a command line would read as an option."""
+    while True:
+        cid = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 class DevStack:
@@ -186,7 +190,7 @@ class DevStack:
             self.progress(f"kafka: formatting storage (cluster id {cluster_id})")
             fmt = subprocess.run(
                 [java, "-cp", classpath, log_opt, "kafka.tools.StorageTool", "format", "--standalone",
-                 "-t", cluster_id, "-c", str(props)],
+                 f"--cluster-id={cluster_id}", "-c", str(props)],
                 capture_output=True, text=True, check=False,
             )
             with self.kafka_log.open("a") as f:
