@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gpu_kernels.bars import NO_TICK, BarState, aggregate_bars
+from gpu_kernels.bars import BarState, aggregate_bars
 from gpu_kernels.features import DEFAULT_FEATURES, FeatureSet, FeatureState
 from schemas.ticks import TickColumns
 
@@ -144,5 +144,5 @@ def features_for_bars(feature_set: FeatureSet, symbols: Sequence[str], high: np.
     return values
 
 
-__all__ = ["NO_TICK", "ClosedBars", "EngineConfig", "EngineOutput", "FeatureEngine", "PartitionState",
+__all__ = ["ClosedBars", "EngineConfig", "EngineOutput", "FeatureEngine", "PartitionState",
            "features_for_bars", "interval_ms"]

@@ -92,10 +92,6 @@ class MessageBatch:
                 out[key] = offset
         return out
 
-    @classmethod
-    def from_messages(cls, messages: Sequence[Message]) -> MessageBatch:
-        return cls(messages)
-
 
 AssignCallback = Callable[[list[tuple[str, int]]], None]
 
