@@ -74,15 +74,17 @@ class FeatureProcessor:
     # ------------------------------------------------------------------ loop
 
     def run(self, should_stop: Callable[[], bool], stop_when_idle_s: float | None = None) -> None:
-        """Processes batches until told to stop, or until idle that long with partitions assigned (the clock
-        restarts at every assignment, so waiting for a rebalance does not count as idle)."""
+        """Processes batches until told to stop, or until idle that long with partitions assigned and caught
+        up (waiting for a rebalance or for a position to be known does not count as idle)."""
         self._idle_since = time.monotonic()
         while not should_stop():
             if self.step() or not self.states:
                 self._idle_since = time.monotonic()
             elif stop_when_idle_s is not None and time.monotonic() - self._idle_since >= stop_when_idle_s:
-                log.info("idle for %.0fs: stopping", stop_when_idle_s)
-                return
+                if self.source.caught_up():
+                    log.info("idle for %.0fs: stopping", stop_when_idle_s)
+                    return
+                self._idle_since = time.monotonic()  # a position is still unknown: wait another round
 
     def step(self) -> int:
         """Consumes, processes and commits one micro-batch; returns its size."""

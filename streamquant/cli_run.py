@@ -79,7 +79,8 @@ def build_feature_processor(settings: Settings) -> FeatureProcessor:
                            max_wait_s=ingest.max_wait_ms / 1000, on_assign=on_assign, on_revoke=on_revoke)
 
     def sink_factory() -> TransactionalSink:
-        return TransactionalSink(settings.kafka, f"{settings.features.group}-{instance}")
+        return TransactionalSink(settings.kafka, f"{settings.features.group}-{instance}",
+                                 transaction_timeout_ms=settings.features.transaction_timeout_ms)
 
     def restore(partitions: list[int]) -> dict[int, dict[bytes, bytes | None]]:
         return read_changelog(settings.kafka, topics.changelog, partitions, timeout_s=120)

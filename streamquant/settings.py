@@ -88,6 +88,10 @@ class FeaturesSettings(_Section):
     intervals: tuple[str, ...] = ("1s", "1m")
     lateness_ms: int = Field(default=0, ge=0)
     features: tuple[str, ...] = DEFAULT_FEATURES
+    transaction_timeout_ms: int = Field(
+        default=10_000, ge=1_000,
+        description="how long the broker keeps a dead instance's open transaction (it holds back the offsets and "
+                    "changelog a successor needs); Kafka Streams' default under exactly-once")
 
 
 SECTIONS = ("kafka", "redis", "topics", "ingest", "dev", "metrics", "features")

@@ -205,6 +205,30 @@ class BatchSource:
                 out[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
         return out
 
+    def caught_up(self, timeout_s: float = 5.0) -> bool:
+        """Whether every assigned partition's position is at its end. A partition with no message consumed
+        since its assignment has no position yet: its committed offset stands in, and while that cannot be
+        read (held back by a dead member's open transaction, say) the answer is no. Costs broker round trips:
+        for decisions such as stopping when idle, not for every poll."""
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return False
+        positions = self._consumer.position(assigned)
+        unknown = [tp for tp in positions if tp.offset < 0]
+        if unknown:
+            try:
+                known = {(tp.topic, tp.partition): tp for tp in self._consumer.committed(unknown, timeout=timeout_s)}
+            except KafkaException:
+                return False
+            positions = [known.get((tp.topic, tp.partition), tp) if tp.offset < 0 else tp for tp in positions]
+        for tp in positions:
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+            if (tp.offset if tp.offset >= 0 else low) < high:
+                return False
+        return True
+
     def assignment(self) -> list[tuple[str, int]]:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
 

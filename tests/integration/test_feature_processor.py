@@ -186,5 +186,5 @@ def test_two_instances_one_killed_mid_stream(kafka: KafkaConfig, stack: Any) -> 
     a.wait()
     output, _ = b.communicate(timeout=300)
     assert b.returncode == 0, output[-3000:]
-    assert committed_total(kafka, env["STREAMQUANT_FEATURES_GROUP"], f"{prefix}ticks") == total
+    assert committed_total(kafka, env["STREAMQUANT_FEATURES_GROUP"], f"{prefix}ticks") == total, output[-3000:]
     assert_exact(kafka, prefix)

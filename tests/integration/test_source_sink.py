@@ -111,3 +111,35 @@ def test_read_committed_hides_aborted_transactions(kafka: KafkaConfig, make_topi
         seen += [m.key() for m in raw.consume(10, 0.5) if m.error() is None]  # type: ignore[misc]
     raw.close()
     assert sorted(seen) == [b"A", b"B"]
+
+
+def test_caught_up_knows_partitions_assigned_at_their_end(kafka: KafkaConfig, make_topic: Any, unique: str) -> None:
+    """A partition whose committed offset is already its end yields no message, so the consumer has no
+    position for it: `caught_up` must still say yes there, and no while anything is left to read."""
+    topic = make_topic("ticks", partitions=2)
+    produce_ticks(kafka, topic, 300)
+    group = f"g-{unique}"
+    first = BatchSource(kafka, group, [topic], max_messages=1000, max_wait_s=0.3)
+    try:
+        got = 0
+        deadline = time.monotonic() + 30
+        while got < 300 and time.monotonic() < deadline:
+            batch = first.next_batch()
+            got += len(batch)
+            if len(batch):
+                first.commit(batch.next_offsets())
+        assert first.caught_up()
+    finally:
+        first.close()
+    produce_ticks(kafka, topic, 50, seed=2)
+    second = BatchSource(kafka, group, [topic], max_messages=10, max_wait_s=0.3)
+    try:
+        while not second.assignment():
+            second.next_batch()
+        assert not second.caught_up()  # 50 new ticks are waiting
+        assert len(drain(second, 50)) >= 40
+        while len(second.next_batch()):
+            pass
+        assert second.caught_up()
+    finally:
+        second.close()
