@@ -76,6 +76,7 @@ $(BENCH_VENV)/.installed: bench/peers-requirements.txt
 bench: $(STAMP) $(BENCH_VENV)/.installed ## All benchmarks (the stream ones need `make up`); figures: bench/RESULTS.md
 	$(BIN)/python -m bench.decode_ticks --peers-python $(BENCH_VENV)/bin/python
 	$(BIN)/python -m bench.kernels_vs_talib
+	$(BIN)/python -m bench.backtest_vs_vectorbt
 	$(BIN)/python -m bench.features_stream
 	$(BIN)/python -m bench.features_latency
 

@@ -10,7 +10,8 @@ Definitions follow TA-Lib (checked against the TA-Lib package in the tests, to 1
 running total; EMA seeded with the SMA of its first N inputs; RSI and ATR with Wilder smoothing seeded by
 simple means; MACD whose fast EMA is seeded over the `fast` bars ending where the slow EMA's seed ends,
 with all three outputs starting once the signal EMA is seeded; population standard deviation;
-OBV starting from the first bar's volume. A value still warming up is NaN.
+OBV starting from the first bar's volume; MAX and MIN over the last n inputs (the backtests' Donchian
+channels). A value still warming up is NaN.
 
 CPU implementation: compiled loops (Numba) over segments. The GPU path (CuPy: one thread per series)
 is not written yet.
@@ -264,6 +265,47 @@ def logret_std(seg_slot, seg_lo, seg_hi, close, n, counts, vals, out_logret, out
             prev = v
             c += 1
         row[0] = prev
+        counts[s] = c
+
+
+@njit(cache=True)
+def highest(seg_slot, seg_lo, seg_hi, x, n, counts, vals, out):
+    """TA-Lib MAX: the largest of the last n inputs. vals[s] = [extreme, bar number of the extreme, ring of n]."""
+    _extreme(seg_slot, seg_lo, seg_hi, x, n, counts, vals, out, 1.0)
+
+
+@njit(cache=True)
+def lowest(seg_slot, seg_lo, seg_hi, x, n, counts, vals, out):
+    """TA-Lib MIN: the smallest of the last n inputs (same state layout as `highest`)."""
+    _extreme(seg_slot, seg_lo, seg_hi, x, n, counts, vals, out, -1.0)
+
+
+@njit(cache=True)
+def _extreme(seg_slot, seg_lo, seg_hi, x, n, counts, vals, out, sign):
+    """The running extreme of a window, amortised O(1): it is only rescanned when the extreme leaves the window.
+
+    Comparing `sign * v` lets one loop serve both MAX (sign 1) and MIN (sign -1) without a branch per bar.
+    """
+    for g in range(len(seg_slot)):
+        s = seg_slot[g]
+        c = counts[s]
+        row = vals[s]
+        best, at = row[0], int(row[1])
+        for r in range(seg_lo[g], seg_hi[g]):
+            v = x[r]
+            row[2 + c % n] = v
+            if c == 0 or c - at >= n:  # first bar, or the extreme just left the window: rescan it
+                lo = c - n + 1 if c >= n - 1 else 0
+                best, at = row[2 + lo % n], lo
+                for j in range(lo + 1, c + 1):
+                    w = row[2 + j % n]
+                    if sign * w >= sign * best:
+                        best, at = w, j
+            elif sign * v >= sign * best:
+                best, at = v, c
+            out[r] = best if c >= n - 1 else math.nan
+            c += 1
+        row[0], row[1] = best, at
         counts[s] = c
 
 
