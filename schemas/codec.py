@@ -11,7 +11,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import fastavro
 import msgspec
@@ -117,8 +117,12 @@ class RecordCodec(Generic[T]):
         if len(data) > self.max_bytes:
             raise InvalidMessage("too_large", f"{len(data)} bytes exceeds the limit of {self.max_bytes}")
         obj = self._decode_avro(data) if sniff(data) == "avro" else self._decode_json(data)
+        return self.decode_obj(obj)
+
+    def decode_obj(self, obj: Any) -> T:
+        """Already-parsed data (a dict from JSON, say) to a valid record, or `InvalidMessage`."""
         self.validate(obj)
-        return from_dict(self.record_type, obj)
+        return cast(T, from_dict(self.record_type, obj))
 
     def decode_many(self, values: Sequence[bytes]) -> DecodedRecords[T]:
         records: list[T] = []

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
 
+from aiokafka.partitioner import murmur2
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -102,5 +103,44 @@ def follow_messages(config: KafkaConfig, topic: str, start: dict[int, int], seco
                 if m.error() is None:
                     yield RawMessage(cast(int, m.partition()), cast(int, m.offset()), m.timestamp()[1], m.key(),
                                      m.value(), cast(Headers | None, m.headers()))
+    finally:
+        consumer.close()
+
+
+def partition_for_key(key: bytes, partitions: int) -> int:
+    """The partition Java's default partitioner (and ours, murmur2) gives a key."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def end_offset(config: KafkaConfig, topic: str, partition: int, timeout_s: float = 10.0) -> int:
+    consumer = Consumer({**config.client_config(), "group.id": f"streamquant-cli-{uuid.uuid4()}"})
+    try:
+        return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)[1])
+    finally:
+        consumer.close()
+
+
+def last_for_key(config: KafkaConfig, topic: str, key: bytes, partitions: int,
+                 timeout_s: float = 30.0) -> RawMessage | None:
+    """The newest committed message with `key` (read from its partition's start to its current end)."""
+    p = partition_for_key(key, partitions)
+    consumer = Consumer({**config.client_config(), "group.id": f"streamquant-cli-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+        if high <= low:
+            return None
+        consumer.assign([TopicPartition(topic, p, low)])
+        found: RawMessage | None = None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for m in consumer.consume(1000, 0.2):
+                if m.error() is None and m.key() == key:
+                    found = RawMessage(p, cast(int, m.offset()), m.timestamp()[1], m.key(), m.value(),
+                                       cast(Headers | None, m.headers()))
+            position = consumer.position([TopicPartition(topic, p)])[0].offset
+            if position >= high:
+                break
+        return found
     finally:
         consumer.close()

@@ -94,7 +94,23 @@ class FeaturesSettings(_Section):
                     "changelog a successor needs); Kafka Streams' default under exactly-once")
 
 
-SECTIONS = ("kafka", "redis", "topics", "ingest", "dev", "metrics", "features")
+class JobsSettings(_Section):
+    """The job control plane (`streamquant run jobs`) and the clients that submit jobs."""
+
+    app_id: str = Field(default="streamquant-jobs", description="Faust app id: consumer group and table topics")
+    max_concurrent: int = Field(default=16, ge=1, le=256, description="jobs running at once (worker processes)")
+    gpu_slots: int = Field(default=1, ge=0, description="jobs on the GPU at once (0: never use it)")
+    gpu_wait_s: float = Field(default=30.0, ge=0, description="a GPU-preferring job waits this long, then runs on CPU")
+    artifact_root: str = Field(default="artifacts", description="where large results go: a path or fsspec URL")
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535, description="HTTP views GET /jobs/{id}[/result]")
+    cache_dir: str = Field(default=".cache/results", description="L2 (local disk) result cache")
+    cache_l1_ttl_s: float = Field(default=60.0, ge=0)
+    cache_l2_ttl_s: float = Field(default=300.0, ge=0)
+    cache_l3_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="L3 (Redis) result cache")
+
+
+SECTIONS = ("kafka", "redis", "topics", "ingest", "dev", "metrics", "features", "jobs")
 
 
 class Settings(BaseSettings):
@@ -116,6 +132,7 @@ class Settings(BaseSettings):
     dev: DevSettings = DevSettings()
     metrics: MetricsSettings = MetricsSettings()
     features: FeaturesSettings = FeaturesSettings()
+    jobs: JobsSettings = JobsSettings()
 
     @classmethod
     def settings_customise_sources(

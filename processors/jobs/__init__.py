@@ -1,0 +1,1 @@
+"""The job control plane: commands, scheduler, worker processes, result cache (see app.py)."""
