@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -21,11 +22,30 @@ import pyarrow.dataset as pads
 
 from processors.errors import InvalidCommand
 from processors.features import interval_ms
-from schemas.records import BacktestCommand
+from schemas.records import DataSource
 
 DAY_MS = 86_400_000
 TRADING_DAYS = 252
 BAR_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume")
+
+
+class BarsRequest(Protocol):
+    """What a loader needs to know: the backtest, features and training commands all carry it."""
+
+    @property
+    def universe(self) -> tuple[str, ...]: ...
+
+    @property
+    def start(self) -> str: ...
+
+    @property
+    def end(self) -> str: ...
+
+    @property
+    def interval(self) -> str: ...
+
+    @property
+    def data(self) -> DataSource: ...
 
 
 @dataclass(frozen=True)
@@ -111,7 +131,7 @@ def periods_per_year(interval: str, ts: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------- parquet
 
 
-def load_parquet(cmd: BacktestCommand) -> BarPanel:
+def load_parquet(cmd: BarsRequest) -> BarPanel:
     path = cmd.data.path
     if not path:
         raise InvalidCommand("data source parquet needs a path")
@@ -180,7 +200,7 @@ def synthetic_times(start_ms: int, end_ms: int, step_ms: int) -> np.ndarray:
     return ts
 
 
-def load_synthetic(cmd: BacktestCommand) -> BarPanel:
+def load_synthetic(cmd: BarsRequest) -> BarPanel:
     """Seeded geometric Brownian motion bars with a few halted (NaN) bars and stretches per symbol.
 
     Each symbol's path depends only on the seed and its name, so adding a symbol changes no other one.
@@ -222,17 +242,17 @@ def _gbm_bars(rng: np.random.Generator, n: int, dt: float) -> tuple[np.ndarray, 
     return tuple(out)
 
 
-Loader = Callable[[BacktestCommand], BarPanel]
+Loader = Callable[[BarsRequest], BarPanel]
 DATA_LOADERS: dict[str, Loader] = {"parquet": load_parquet, "synthetic": load_synthetic}
 
 
-def estimated_bars(cmd: BacktestCommand) -> int:
+def estimated_bars(cmd: BarsRequest) -> int:
     """An upper bound on the bars per symbol of the command's period (no data access), for size limits."""
     lo, hi = period_ms(cmd.start, cmd.end)
     return max(1, -(-(hi - lo) // interval_ms(cmd.interval)))
 
 
-def check_symbols(cmd: BacktestCommand, panel: BarPanel) -> None:
+def check_symbols(cmd: BarsRequest, panel: BarPanel) -> None:
     """Every symbol of the universe has at least one tradable bar in the period."""
     if panel.symbols != tuple(cmd.universe):
         raise ValueError("the loader returned other symbols than the universe")

@@ -131,7 +131,7 @@ class FeatureEngine:
         return EngineOutput(closed, late, late_reason, touched), PartitionState(slots, names, bar_states, fstate)
 
 
-def features_for_bars(feature_set: FeatureSet, symbols: Sequence[str], high: np.ndarray, low: np.ndarray,
+def features_for_bars(feature_set: FeatureSet, symbols: Sequence[str] | np.ndarray, high: np.ndarray, low: np.ndarray,
                       close: np.ndarray, volume: np.ndarray) -> dict[str, np.ndarray]:
     """Indicators over finished bars (rows grouped by symbol, each group in time order)."""
     sym = np.asarray(symbols, dtype=object)

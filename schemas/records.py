@@ -166,11 +166,50 @@ class CancelCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class FeaturesCommand:
+    """Compute the feature table of a universe over a period from its bars (on demand, as a job)."""
+
+    job_id: str = field(metadata=_job_id)
+    universe: tuple[str, ...] = field(metadata=c(min_items=1))
+    start: str = field(metadata=_date)
+    end: str = field(metadata=_date)
+    data: DataSource
+    type: Literal["features"] = "features"
+    interval: str = field(default="1d", metadata=_interval)
+    features: tuple[str, ...] = field(default=(), metadata=c(doc="feature columns; empty: the default set"))
+    priority: int = field(default=5, metadata=c(minimum=0, maximum=9))
+    timeout_s: float = field(default=600.0, metadata=c(exclusive_minimum=0))
+    backend: Backend = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class PromoteCommand:
+    """Make a model version the active one (`promote`), or go back to the one active before it (`rollback`)."""
+
+    job_id: str = field(metadata=_job_id)
+    type: Literal["promote", "rollback"]
+    model: str = field(metadata=c(min_length=1, max_length=128))
+    version: int | None = field(default=None, metadata=c(minimum=1, doc="promote: the version; rollback: unused"))
+    priority: int = field(default=9, metadata=c(minimum=0, maximum=9))
+    timeout_s: float = field(default=60.0, metadata=c(exclusive_minimum=0))
+
+
+@dataclass(frozen=True, slots=True)
+class PromoteResult:
+    """The outcome of a promote or rollback: which version is active now, and which was before."""
+
+    job_id: str = field(metadata=_job_id)
+    model: str
+    active_version: int = field(metadata=c(minimum=1))
+    previous_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class JobStatus:
     """One transition of a job's state machine (compacted by job_id: the newest wins)."""
 
     job_id: str = field(metadata=_job_id)
-    kind: Literal["backtest", "train"]
+    kind: Literal["backtest", "train", "features", "promote", "rollback"]
     state: JobState
     ts: int = field(metadata=_ts)
     backend: str | None = None
@@ -199,6 +238,18 @@ class BacktestResult:
 
 
 @dataclass(frozen=True, slots=True)
+class FeaturesResult:
+    """The outcome of a features job: the table is the referenced Parquet artifact."""
+
+    job_id: str = field(metadata=_job_id)
+    artifact: str
+    rows: int = field(metadata=c(minimum=0))
+    symbols: int = field(metadata=c(minimum=0))
+    columns: tuple[str, ...]
+    backend: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TrainResult:
     """The outcome of a training job."""
 
@@ -216,7 +267,8 @@ class TrainResult:
 
 @dataclass(frozen=True, slots=True)
 class ModelVersion:
-    """Registry metadata of one trained model version (compacted by model name)."""
+    """Registry metadata of one trained model version (key `<model>/<version>`, compacted: the newest record of
+    each version wins; the version whose aliases hold "active" serves predictions)."""
 
     model: str = field(metadata=c(min_length=1, max_length=128))
     version: int = field(metadata=c(minimum=1))
@@ -234,11 +286,14 @@ class ModelVersion:
 
 @dataclass(frozen=True, slots=True)
 class PredictRequest:
-    """Request-reply inference: score rows of features with a model version (active when omitted)."""
+    """Request-reply inference: score explicit feature rows, or the latest feature vectors of symbols (from the
+    online store), with a model version (the active one when omitted). Exactly one of rows and symbols."""
 
     correlation_id: str = field(metadata=c(min_length=1, max_length=128))
     model: str = field(metadata=c(min_length=1, max_length=128))
-    rows: tuple[dict[str, float | None], ...] = field(metadata=c(min_items=1))
+    rows: tuple[dict[str, float | None], ...] = ()
+    symbols: tuple[str, ...] = ()
+    interval: str | None = field(default=None, metadata=_interval)
     version: int | None = field(default=None, metadata=c(minimum=1))
 
 
@@ -266,6 +321,10 @@ RECORD_TYPES: dict[str, type] = {
         CancelCommand,
         JobStatus,
         BacktestResult,
+        FeaturesCommand,
+        FeaturesResult,
+        PromoteCommand,
+        PromoteResult,
         TrainResult,
         ModelVersion,
         PredictRequest,

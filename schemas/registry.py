@@ -30,6 +30,10 @@ SCHEMA_IDS: dict[tuple[str, int], int] = {
     ("ModelVersion", 1): 11,
     ("PredictRequest", 1): 12,
     ("PredictResponse", 1): 13,
+    ("FeaturesCommand", 1): 14,
+    ("FeaturesResult", 1): 15,
+    ("PromoteCommand", 1): 16,
+    ("PromoteResult", 1): 17,
 }
 CURRENT_VERSION: dict[str, int] = {name: 1 for name in RECORD_TYPES}
 
