@@ -46,14 +46,18 @@ down: $(STAMP) ## Stop what `make up` started
 status: $(STAMP) ## Is the local stack answering?
 	$(SQ) dev status
 
-demo: up ## The pipeline on the local stack: 15 s of synthetic ticks through the feature processor, features shown live
+demo: up ## On the local stack: 15 s of synthetic ticks through the feature processor (features shown live), then a backtest job
 	$(SQ) produce ticks --symbols 50 --rate 5000 --seconds 15 --seed 7 > .devstack/logs/demo-producer.log & producer=$$!; \
 	$(SQ) run features --stop-when-idle 5 > .devstack/logs/demo-features.log 2>&1 & processor=$$!; \
 	$(SQ) tail features -n 3 --follow --seconds 20; \
 	wait $$producer && wait $$processor
 	$(SQ) tail ticks -n 3
 	$(SQ) tail bars -n 5
-	@echo "producer and processor logs: .devstack/logs/demo-*.log"
+	@echo "== a backtest job through the job plane (backtest.commands → jobs.status, backtest.results)"
+	$(SQ) run jobs > .devstack/logs/demo-jobs.log 2>&1 & plane=$$!; \
+	$(SQ) submit backtest streamquant/resources/demo-backtest.json --wait --timeout 180; rc=$$?; \
+	kill $$plane; wait $$plane; exit $$rc
+	@echo "producer, processor and job plane logs: .devstack/logs/demo-*.log"
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
 PYTEST = run_pytest() { $(BIN)/pytest "$$@"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc; }; run_pytest

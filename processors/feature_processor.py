@@ -20,18 +20,18 @@ import numpy as np
 import orjson
 
 from processors import metrics as m
+from processors.eos import EosProcessor, SourceFactory
 from processors.errors import ProcessorError
 from processors.feature_state import decode_state, encode_partition, encode_symbols
 from processors.features import ClosedBars, FeatureEngine, PartitionState
+from processors.online_store import OnlineStore, Vector
 from schemas.tick_decoder import TickDecoder
 from streams.dlq import dead_letter, dead_letters_for
-from streams.errors import ProducerFenced, TransactionAborted
-from streams.source import BatchSource, MessageBatch
+from streams.source import MessageBatch
 from streams.transactions import TransactionalSink
 
 log = logging.getLogger(__name__)
 NAME = "features"
-MAX_ABORTS_IN_A_ROW = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,96 +44,45 @@ class FeatureTopics:
     changelog: str
 
 
-SourceFactory = Callable[[Callable[[list[tuple[str, int]]], None], Callable[[list[tuple[str, int]]], None]],
-                         BatchSource]
 Restore = Callable[[list[int]], dict[int, dict[bytes, bytes | None]]]
 
 
-class FeatureProcessor:
+class FeatureProcessor(EosProcessor):
     """Runs the feature engine over a consumer group's share of the `ticks` partitions."""
+
+    NAME = NAME
 
     def __init__(self, engine: FeatureEngine, topics: FeatureTopics, source_factory: SourceFactory,
                  sink_factory: Callable[[], TransactionalSink], restore: Restore, namespace: str,
-                 decoder: TickDecoder | None = None, clock: Callable[[], float] = time.time) -> None:
+                 decoder: TickDecoder | None = None, clock: Callable[[], float] = time.time,
+                 online_store: OnlineStore | None = None) -> None:
         self.engine = engine
+        self.online_store = online_store
+        self._latest: dict[tuple[str, str], Vector] = {}  # this batch's newest vector per (symbol, interval)
         self.namespace = namespace  # of this group's records in the changelog
         self.topics = topics
         self.decoder = decoder or TickDecoder()
         self.clock = clock
         self._restore = restore
-        self._sink_factory = sink_factory
         self.states: dict[int, PartitionState] = {}
-        self._idle_since = time.monotonic()
-        self._aborts_in_a_row = 0
-        # The sink first: initialising it aborts whatever a dead predecessor left open, which would
-        # otherwise hold back the read_committed restore below.
-        self.sink = sink_factory()
-        self.source = source_factory(self._assigned, self._revoked)
+        super().__init__(source_factory, sink_factory)
         m.ACTIVE_BACKEND.labels(NAME, "cpu").set(1)
 
-    # ------------------------------------------------------------------ loop
-
-    def run(self, should_stop: Callable[[], bool], stop_when_idle_s: float | None = None) -> None:
-        """Processes batches until told to stop, or until idle that long with partitions assigned and caught
-        up (waiting for a rebalance or for a position to be known does not count as idle)."""
-        self._idle_since = time.monotonic()
-        while not should_stop():
-            if self.step() or not self.states:
-                self._idle_since = time.monotonic()
-            elif stop_when_idle_s is not None and time.monotonic() - self._idle_since >= stop_when_idle_s:
-                if self.source.caught_up():
-                    log.info("idle for %.0fs: stopping", stop_when_idle_s)
-                    return
-                self._idle_since = time.monotonic()  # a position is still unknown: wait another round
-
-    def step(self) -> int:
-        """Consumes, processes and commits one micro-batch; returns its size."""
-        batch = self.source.next_batch()
-        if not len(batch):
-            return 0
-        started = time.perf_counter()
-        try:
-            pending = self._process(batch)
-            commit_started = time.perf_counter()
-            self.sink.commit(self.source, batch.next_offsets())
-            m.COMMIT_SECONDS.labels(NAME).observe(time.perf_counter() - commit_started)
-        except TransactionAborted as err:
-            self._aborts_in_a_row += 1
-            m.ABORTS.labels(NAME).inc()
-            if self._aborts_in_a_row > MAX_ABORTS_IN_A_ROW:
-                raise ProcessorError(f"the same batch was aborted {self._aborts_in_a_row} times in a row, last: "
-                                     f"{err}; stopping rather than looping") from None
-            log.warning("transaction aborted (%s): re-reading the batch", err)
-            time.sleep(min(0.1 * 2 ** self._aborts_in_a_row, 5.0))
-            self.source.seek(batch.first_offsets())
-            return 0
-        except ProducerFenced as err:
-            log.warning("producer failed (%s): recreating it and restoring state", err)
-            m.PRODUCER_RESETS.labels(NAME).inc()
-            self._reset()
-            return 0
+    def _committed(self, batch: MessageBatch, pending: dict[int, PartitionState]) -> None:
         self.states.update(pending)
-        self._aborts_in_a_row = 0
+        if self.online_store is not None:
+            self.online_store.put_many(self._latest)  # only now: never show what Kafka readers cannot see
         m.TICKS_IN.inc(len(batch))
-        m.BATCHES.labels(NAME).inc()
-        m.BATCH_SIZE.labels(NAME).observe(len(batch))
-        m.BATCH_SECONDS.labels(NAME).observe(time.perf_counter() - started)
-        for (_topic, p), lag in self.source.lag().items():
-            m.CONSUMER_LAG.labels(NAME, str(p)).set(lag)
         newest = int(batch.timestamps.max())
         if newest > 0:
             m.PUBLISH_LATENCY.labels(NAME).observe(max(self.clock() - newest / 1000.0, 0.0))
-        return len(batch)
-
-    def close(self) -> None:
-        self.sink.close()
-        self.source.close()
 
     # ------------------------------------------------------------------ one batch
 
     def _process(self, batch: MessageBatch) -> dict[int, PartitionState]:
         t = self.topics
         decoded = self.decoder.decode(batch.values)
+        self._latest = {}
         self.sink.begin()
         self.sink.write_dead_letters(dead_letters_for(batch, decoded.rejects, processor=NAME, dlq_topic=t.dlq))
         partitions = batch.partitions[decoded.indices]
@@ -177,6 +126,8 @@ class FeatureProcessor:
                                                                                                    strict=True)}
             self.sink.write(t.features, key, orjson.dumps({"symbol": symbol, "interval": c.interval, "ts": ts,
                                                            "values": values}))
+            if self.online_store is not None:
+                self._latest[(symbol, c.interval)] = (ts, values)
         m.BARS_OUT.labels(c.interval).inc(len(c))
 
     # ------------------------------------------------------------------ rebalance and recovery
@@ -197,10 +148,7 @@ class FeatureProcessor:
             if topic == self.topics.ticks:
                 self.states.pop(p, None)
 
-    def _reset(self) -> None:
-        self.sink.close()
-        self.sink = self._sink_factory()
-        assigned = [p for topic, p in self.source.assignment() if topic == self.topics.ticks]
+    def _rebuild(self) -> None:
+        assigned = [(topic, p) for topic, p in self.source.assignment() if topic == self.topics.ticks]
         self.states = {}
-        self._assigned([(self.topics.ticks, p) for p in assigned])
-        self.source.rewind_to_committed([(self.topics.ticks, p) for p in assigned])
+        self._assigned(assigned)

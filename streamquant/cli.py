@@ -132,11 +132,12 @@ def _create_topics(settings: Settings, *, quiet_unchanged: bool) -> bool:
 
 # ---------------------------------------------------------------------- entry point
 
-from streamquant import cli_backtest, cli_jobs, cli_run, cli_stream  # noqa: E402  (register their commands on `app`)
+from streamquant import cli_backtest, cli_jobs, cli_ml, cli_run, cli_stream  # noqa: E402  (register commands on `app`)
 
 cli_stream.register(app)
 cli_run.register(app)
 cli_jobs.register(app, cli_run.run_app)
+cli_ml.register(app, cli_run.run_app)
 app.add_typer(cli_backtest.backtest_app, name="backtest")
 
 USER_ERRORS = (UserError, SettingsError, DevStackError, StreamsError, SchemaError, ProcessorError)

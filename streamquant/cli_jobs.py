@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from processors.backtest import params_label
 from processors.jobs import model
 from processors.jobs.app import RESULT_TOPICS, PlaneConfig, PlaneTopics, build_app
 from processors.jobs.cache import DiskTier, MemoryTier, ResultCache
@@ -44,7 +45,7 @@ err_console = Console(stderr=True)
 submit_app = typer.Typer(no_args_is_help=True, help="Submit a job to the control plane (as a command message).")
 jobs_app = typer.Typer(no_args_is_help=True, help="Jobs: status and results, read from Kafka.")
 cache_app = typer.Typer(no_args_is_help=True, help="The result cache of the job plane.")
-COMMAND_TOPICS = {"backtest": "backtest.commands"}
+COMMAND_TOPICS = {"backtest": "backtest.commands", "features": "backtest.commands", "train": "ml.commands"}
 
 
 def register(app: typer.Typer, run_app: typer.Typer) -> None:
@@ -76,21 +77,23 @@ def run_jobs(ctx: typer.Context) -> None:
     admin = admin_client(settings.kafka)
     commands = catalog.name("backtest.commands")
     parts = topic_partitions(admin, commands)
+    ml_commands = catalog.name("ml.commands")
     if parts is None:
         raise UserError("the topics do not exist (create the catalog with `streamquant topics create`)")
     events = events_topic(settings)
     if topic_partitions(admin, events) is None:
         for fut in admin.create_topics([NewTopic(events, len(parts), 1)]).values():
             fut.result(30)
-    topics = PlaneTopics(commands=commands, events=events, status=catalog.name("jobs.status"),
-                         results={k: catalog.name(v) for k, v in RESULT_TOPICS.items()},
-                         dlq=catalog.name("backtest.commands.dlq"))
+    topics = PlaneTopics(commands={commands: catalog.name("backtest.commands.dlq"),
+                                   ml_commands: catalog.name("ml.commands.dlq")},
+                         events=events, status=catalog.name("jobs.status"),
+                         results={k: catalog.name(v) for k, v in RESULT_TOPICS.items()})
     password = settings.redis.password.get_secret_value() if settings.redis.password else None
     redis = aioredis.from_url(settings.redis.url, password=password, socket_timeout=0.5,
                               socket_connect_timeout=0.5)
     cache = ResultCache(MemoryTier(j.cache_l1_ttl_s), DiskTier(j.cache_dir, j.cache_l2_ttl_s), redis, j.cache_l3_ttl_s)
     visible = gpu_visible()
-    context = JobContext(j.artifact_root, settings.kafka, catalog.name("bars"))
+    context = JobContext(j.artifact_root, settings.kafka, catalog.name("bars"), catalog.name("models"))
 
     def scheduler_factory(emit: Any) -> Scheduler:
         return Scheduler(WorkerPool(), emit, context=context, max_concurrent=j.max_concurrent,
@@ -100,7 +103,7 @@ def run_jobs(ctx: typer.Context) -> None:
     app, _plane = build_app(config, cache, scheduler_factory)
     if settings.metrics.port:
         start_http_server(settings.metrics.port)
-    console.print(f"jobs: {commands} → {topics.status}, results; {j.max_concurrent} at once, "
+    console.print(f"jobs: {commands}, {ml_commands} → {topics.status}, results; {j.max_concurrent} at once, "
                   f"GPU {'visible' if visible else 'not visible'}; HTTP on {j.web_host}:{j.web_port}")
     logging.basicConfig(level=logging.INFO)
     faust.Worker(app, loglevel="info", quiet=True).execute_from_commandline()
@@ -135,6 +138,28 @@ def submit_backtest(
 ) -> None:
     """Write a backtest command to `backtest.commands`; with --wait, show its progress and result."""
     _submit(_settings(ctx), "backtest", _load_command(config_file, "backtest"), wait, timeout)
+
+
+@submit_app.command("features")
+def submit_features(
+    ctx: typer.Context,
+    config_file: Annotated[Path, typer.Argument(help="the FeaturesCommand as JSON (job_id optional)")],
+    wait: Annotated[bool, typer.Option(help="follow the job until it ends, then print where its table is")] = False,
+    timeout: Annotated[float, typer.Option(help="with --wait: give up after this many seconds")] = 3600.0,
+) -> None:
+    """Write a features command (universe, period, data → a Parquet feature table); with --wait, follow it."""
+    _submit(_settings(ctx), "features", _load_command(config_file, "features"), wait, timeout)
+
+
+@submit_app.command("train")
+def submit_train(
+    ctx: typer.Context,
+    config_file: Annotated[Path, typer.Argument(help="the TrainCommand as JSON (job_id optional)")],
+    wait: Annotated[bool, typer.Option(help="follow the job until it ends, then print the model's metrics")] = False,
+    timeout: Annotated[float, typer.Option(help="with --wait: give up after this many seconds")] = 3600.0,
+) -> None:
+    """Write a training command to `ml.commands`; the trained forest is registered as the model's next version."""
+    _submit(_settings(ctx), "train", _load_command(config_file, "train"), wait, timeout)
 
 
 def _submit(settings: Settings, kind: str, command: dict[str, Any], wait: bool, timeout: float) -> None:
@@ -182,30 +207,46 @@ def _follow_status(settings: Settings, topic: str, partition: int, start: int, k
     raise UserError(f"the job did not end within {timeout:g}s (it goes on; see `streamquant jobs status`)")
 
 
-METRIC_COLUMNS = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "trades", "win_rate")
+METRIC_COLUMNS = {"total_return": "return", "cagr": "CAGR", "sharpe": "Sharpe", "max_drawdown": "max DD",
+                  "trades": "trades", "win_rate": "win"}
+PERCENT = {"total_return", "cagr", "max_drawdown", "win_rate"}
 
 
 def _print_result(result: dict[str, Any], status: dict[str, Any]) -> None:
+    if "version" in result and "model" in result:  # a training job: the registered version
+        console.print(f"model {result['model']} v{result['version']} registered ({result.get('backend')}, "
+                      f"{result.get('rows', 0):,} rows, {result.get('train_seconds', 0):.1f} s); "
+                      f"promote it with `streamquant models promote {result['model']} {result['version']}`")
+        for k, v in sorted(result.get("metrics", {}).items()):
+            console.print(f"  {k}: {_fmt(v)}")
+        return
+    if "results" not in result:  # a features job: the table is the artifact
+        console.print(f"job {result['job_id']}: {result['rows']:,} rows × {len(result['columns'])} columns for "
+                      f"{result['symbols']} symbols → {result['artifact']}")
+        return
     table = Table(title=f"job {result['job_id']} ({status.get('backend') or 'cpu'})")
-    table.add_column("params")
-    for name in METRIC_COLUMNS:
-        table.add_column(name, justify="right")
+    table.add_column("params", no_wrap=True)
+    for label in METRIC_COLUMNS.values():
+        table.add_column(label, justify="right", no_wrap=True)
     for entry in result.get("results", [])[:50]:
         metrics = entry.get("metrics", {})
-        cells = [_fmt(metrics.get(n)) for n in METRIC_COLUMNS]
-        table.add_row(json.dumps(entry.get("params", {}), sort_keys=True), *cells)
+        cells = [_fmt(metrics.get(n), percent=n in PERCENT) for n in METRIC_COLUMNS]
+        table.add_row(params_label(entry.get("params", {})), *cells)
     console.print(table)
+    console.print("(all metrics, per symbol and per parameter set: `streamquant jobs result ID` and the artifact)")
     if len(result.get("results", [])) > 50:
         console.print(f"… {len(result['results']) - 50} more parameter sets in the result")
     if result.get("artifact"):
         console.print(f"artifact: {result['artifact']}")
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, percent: bool = False) -> str:
     if value is None:
         return "—"
+    if percent:
+        return f"{100 * float(value):.1f}%"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.2f}" if abs(value) < 1e4 else f"{value:.3g}"
     return str(value)
 
 

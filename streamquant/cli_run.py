@@ -19,6 +19,7 @@ from processors.feature_processor import FeatureProcessor, FeatureTopics
 from processors.features import EngineConfig, FeatureEngine, features_for_bars, interval_ms
 from schemas.records import Tick
 from schemas.ticks import TickColumns
+from streamquant.cli_ml import online_store
 from streamquant.errors import UserError
 from streamquant.kafka_io import admin_client, topic_partitions
 from streamquant.settings import Settings
@@ -85,7 +86,9 @@ def build_feature_processor(settings: Settings) -> FeatureProcessor:
     def restore(partitions: list[int]) -> dict[int, dict[bytes, bytes | None]]:
         return read_changelog(settings.kafka, topics.changelog, partitions, timeout_s=120)
 
-    return FeatureProcessor(engine, topics, source_factory, sink_factory, restore, namespace=settings.features.group)
+    store = online_store(settings) if settings.features.online_store else None
+    return FeatureProcessor(engine, topics, source_factory, sink_factory, restore, namespace=settings.features.group,
+                            online_store=store)
 
 
 @run_app.command("features")

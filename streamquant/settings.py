@@ -92,6 +92,7 @@ class FeaturesSettings(_Section):
         default=10_000, ge=1_000,
         description="how long the broker keeps a dead instance's open transaction (it holds back the offsets and "
                     "changelog a successor needs); Kafka Streams' default under exactly-once")
+    online_store: bool = Field(default=True, description="keep each symbol's latest feature vector in Redis")
 
 
 class JobsSettings(_Section):
@@ -110,7 +111,20 @@ class JobsSettings(_Section):
     cache_l3_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="L3 (Redis) result cache")
 
 
-SECTIONS = ("kafka", "redis", "topics", "ingest", "dev", "metrics", "features", "jobs")
+class PredictionsSettings(_Section):
+    """The prediction processor and request-reply Predict."""
+
+    group: str = "streamquant-predictions"
+    instance_id: str | None = Field(default=None, description="stable per instance; default: the host name")
+    model: str = Field(default="direction_rf", min_length=1, description="registry name; its active version serves")
+    interval: str = Field(default="1m", description="the feature vectors' interval to score")
+    long_threshold: float = Field(default=0.55, ge=0, le=1, description="signal 1 when P(up) is at least this")
+    short_threshold: float = Field(default=0.45, ge=0, le=1, description="signal -1 when P(up) is at most this")
+    transaction_timeout_ms: int = Field(default=10_000, ge=1_000)
+    online_ttl_s: int = Field(default=86_400, ge=1, description="how long the online store keeps a feature vector")
+
+
+SECTIONS = ("kafka", "redis", "topics", "ingest", "dev", "metrics", "features", "jobs", "predictions")
 
 
 class Settings(BaseSettings):
@@ -133,6 +147,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     features: FeaturesSettings = FeaturesSettings()
     jobs: JobsSettings = JobsSettings()
+    predictions: PredictionsSettings = PredictionsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -138,10 +138,18 @@ class BatchSource:
 
     # -- the seam processors use
 
-    def next_batch(self, max_messages: int | None = None, max_wait_s: float | None = None) -> MessageBatch:
-        """Up to `max_messages` messages, returning early after `max_wait_s` seconds."""
-        messages = self._consumer.consume(max_messages or self.max_messages,
-                                          self.max_wait_s if max_wait_s is None else max_wait_s)
+    def next_batch(self, max_messages: int | None = None, max_wait_s: float | None = None,
+                   eager: bool = False) -> MessageBatch:
+        """Up to `max_messages` messages, returning early after `max_wait_s` seconds. `eager`: return as soon as
+        one message is there, with whatever else already is (for request-reply, where waiting to fill a batch
+        is latency)."""
+        limit = max_messages or self.max_messages
+        wait = self.max_wait_s if max_wait_s is None else max_wait_s
+        if eager:
+            first = self._consumer.poll(wait)
+            messages = [] if first is None else [first, *self._consumer.consume(limit - 1, 0)]
+        else:
+            messages = self._consumer.consume(limit, wait)
         if self._callback_error is not None:
             # An exception cannot cross librdkafka's callback frame intact: re-raise it here, as it was.
             raised, self._callback_error = self._callback_error, None

@@ -63,7 +63,7 @@ class TopicCatalog:
             TopicSpec("backtest.results", cp, "BacktestResult", "backtest results", cmd, "job_id"),
             TopicSpec("ml.results", cp, "TrainResult", "training results", cmd, "job_id"),
             TopicSpec("jobs.status", cp, "JobStatus", "job state transitions (newest per job)", _COMPACT, "job_id"),
-            TopicSpec("models", 1, "ModelVersion", "model registry metadata", _COMPACT, "model"),
+            TopicSpec("models", 1, "ModelVersion", "model registry metadata", _COMPACT, "model/version"),
             TopicSpec("ml.predict.requests", cp, "PredictRequest", "request-reply inference", cmd, "correlation_id"),
             TopicSpec("ml.predict.responses", cp, "PredictResponse", "inference replies", cmd, "correlation_id"),
             TopicSpec("ticks.late", p, "Tick", "ticks for bars that had already closed", data),

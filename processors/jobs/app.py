@@ -30,6 +30,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 from confluent_kafka import Producer
 from faust.types import TP
+from prometheus_client import Counter
 
 from processors.jobs import model
 from processors.jobs.cache import ResultCache
@@ -42,17 +43,18 @@ from streams.dlq import H_ERROR_CLASS, H_OFFSET, H_PARTITION, H_PROCESSOR, H_REA
 
 log = logging.getLogger(__name__)
 NAME = "jobs"
+COALESCED = Counter("streamquant_jobs_coalesced_total", "Jobs that waited for an identical running job's result")
 CANCEL_CODEC = RecordCodec(CancelCommand)
-RESULT_TOPICS = {"backtest": "backtest.results", "train": "ml.results"}
+RESULT_TOPICS = {"backtest": "backtest.results", "features": "backtest.results", "train": "ml.results",
+                 "promote": "ml.results", "rollback": "ml.results"}
 
 
 @dataclass(frozen=True)
 class PlaneTopics:
-    commands: str
+    commands: dict[str, str]  # command topic -> its dead-letter topic
     events: str
     status: str
     results: dict[str, str]   # kind -> topic
-    dlq: str
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,10 @@ class JobPlane:
         self._events = Producer({**config.kafka.client_config(), "enable.idempotence": True, "linger.ms": 1})
         self._partition: dict[str, int] = {}
         self._emitted_end: set[str] = set()  # jobs whose worker ended here; their record is catching up
+        self._inflight: dict[str, str] = {}  # cache key -> the queued or running job doing that work
+        self._followers: dict[str, list[tuple[str, int]]] = {}  # that job -> jobs waiting for its result
         t = config.topics
-        self._outputs = {t.status, t.dlq, *t.results.values()}
+        self._outputs = {t.status, *t.commands.values(), *t.results.values()}
 
     # ------------------------------------------------------------------ messages in
 
@@ -147,10 +151,18 @@ class JobPlane:
             await self._apply(job_id, model.on_reject(existing, job_id, kind_name, obj, partition, now, reason),
                               partition)
             return
-        cached, tier = (None, None)
-        if existing is None:
-            cached, tier = await self.cache.get(model.cache_key(kind_name, obj))
-        fx = model.on_submit(existing, job_id, kind_name, obj, partition, now, cached, tier)
+        cached, tier, leader = None, None, None
+        work = model.cache_key(kind_name, obj)
+        if existing is None and kind is not None and kind.cacheable:
+            cached, tier = await self.cache.get(work)
+            leader = self._inflight.get(work) if cached is None else None
+        fx = model.on_submit(existing, job_id, kind_name, obj, partition, now, cached, tier, leader)
+        if fx.record is not None and fx.record["state"] == "queued" and kind is not None and kind.cacheable:
+            if leader is None:
+                self._inflight[work] = job_id
+            else:
+                self._followers.setdefault(leader, []).append((job_id, partition))
+                COALESCED.inc()
         await self._apply(job_id, fx, partition)
 
     # ------------------------------------------------------------------ effects out
@@ -162,6 +174,7 @@ class JobPlane:
             self.table[key] = record
             if record["state"] in model.TERMINAL:
                 self._emitted_end.discard(job_id)
+                self._release_followers(record)
         for s in fx.statuses:
             await self.out["status"].send(key=key, value=orjson.dumps(s), partition=partition)
         kind = (record or self.table.get(key) or {}).get("kind", "backtest")
@@ -172,7 +185,7 @@ class JobPlane:
                 self._enqueue(record, partition, record["attempt"])
             elif action == "cancel":
                 self.scheduler.cancel(target)
-        if fx.cache_put is not None:
+        if fx.cache_put is not None and (k := KINDS.get(kind)) is not None and k.cacheable:
             await self.cache.put(*fx.cache_put)
         if fx.dead_letter is not None:
             log.warning("job %s: %s", job_id, fx.dead_letter)
@@ -182,7 +195,8 @@ class JobPlane:
         ours = [(H_ERROR_CLASS, error_class.encode()), (H_REASON, reason.encode()[:1024]),
                 (H_TOPIC, topic.encode()), (H_PARTITION, str(partition).encode()), (H_OFFSET, str(offset).encode()),
                 (H_PROCESSOR, NAME.encode()), (H_TIME, str(_now_ms()).encode())]
-        await self.out["dlq"].send(key=key, value=value, headers=[*(headers or []), *ours], partition=partition)
+        dlq = self.out[f"dlq.{topic}"]
+        await dlq.send(key=key, value=value, headers=[*(headers or []), *ours], partition=partition)
 
     def _enqueue(self, record: model.Record, partition: int, attempt: int) -> None:
         cmd = record["command"]
@@ -190,14 +204,26 @@ class JobPlane:
         self.scheduler.submit(Job(record["job_id"], record["kind"], cmd, attempt, int(cmd.get("priority", 5)),
                                   float(cmd.get("timeout_s", 600.0)), str(cmd.get("backend", "auto"))))
 
+    def _release_followers(self, record: model.Record) -> None:
+        """A job that others with the same work wait for has ended: each gets its result (or runs itself)."""
+        job_id = record["job_id"]
+        if self._inflight.get(record["cache_key"]) == job_id:
+            del self._inflight[record["cache_key"]]
+        result = record.get("result") if record["state"] == "succeeded" else None
+        for follower, partition in self._followers.pop(job_id, []):
+            self._send_event(follower, partition, {"event": "shared", "leader": job_id, "result": result})
+
+    def _send_event(self, job_id: str, partition: int, event: dict[str, Any]) -> None:
+        payload = {**event, "job_id": job_id, "ts": _now_ms()}
+        self._events.produce(self.config.topics.events, orjson.dumps(payload), key=job_id.encode(),
+                             partition=partition)
+        self._events.poll(0)
+
     def _emit(self, job: Job, event: dict[str, Any]) -> None:
         """Scheduler events go through Kafka to the job's partition (see the module docstring)."""
         if event["event"] in ("succeeded", "failed", "rejected", "timed_out"):
             self._emitted_end.add(job.job_id)
-        payload = {**event, "job_id": job.job_id, "attempt": job.attempt, "ts": _now_ms()}
-        self._events.produce(self.config.topics.events, orjson.dumps(payload), key=job.job_id.encode(),
-                             partition=self._partition.get(job.job_id, 0))
-        self._events.poll(0)
+        self._send_event(job.job_id, self._partition.get(job.job_id, 0), {**event, "attempt": job.attempt})
 
     # ------------------------------------------------------------------ recovery
 
@@ -207,7 +233,8 @@ class JobPlane:
         started = 0
         for record in list(self.table.values()):
             job_id = record["job_id"]
-            if (record["partition"] in assigned and model.needs_running(record)
+            waiting = record.get("follows") in self._followers
+            if (record["partition"] in assigned and model.needs_running(record) and not waiting
                     and not self.scheduler.known(job_id) and job_id not in self._emitted_end):
                 log.info("job %s was %s before a restart or rebalance: running it again", job_id, record["state"])
                 self._enqueue(record, record["partition"], model.next_attempt(record))
@@ -267,8 +294,11 @@ def build_app(config: PlaneConfig, cache: ResultCache, scheduler_factory: Any) -
     )
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     t = config.topics
-    source = app.topic(t.commands, t.events, t.status, t.dlq, *t.results.values(), **raw)
-    out = {"status": app.topic(t.status, **raw), "dlq": app.topic(t.dlq, **raw)}
+    outputs = sorted({t.status, *t.commands.values(), *t.results.values()})
+    source = app.topic(*t.commands, t.events, *outputs, **raw)
+    out = {"status": app.topic(t.status, **raw)}
+    for command_topic, dlq in t.commands.items():
+        out[f"dlq.{command_topic}"] = app.topic(dlq, **raw)
     for kind, name in t.results.items():
         out[f"results.{kind}"] = app.topic(name, **raw)
     table = app.Table("jobs", default=None, partitions=config.partitions, key_type=bytes)
@@ -281,7 +311,7 @@ def build_app(config: PlaneConfig, cache: ResultCache, scheduler_factory: Any) -
             await plane.handle(m.topic, m.partition, m.offset, m.key, m.value, list(m.headers or []))
 
     def owned() -> set[int]:
-        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == t.commands}
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == t.events}
 
     @app.timer(interval=1.0)
     async def reconcile() -> None:
@@ -291,7 +321,7 @@ def build_app(config: PlaneConfig, cache: ResultCache, scheduler_factory: Any) -
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(_app: Any, revoked: set[TP], **_: Any) -> None:
-        plane.revoked({tp.partition for tp in revoked if tp.topic == t.commands})
+        plane.revoked({tp.partition for tp in revoked if tp.topic == t.events})
 
     @app.task
     async def start_scheduler() -> None:

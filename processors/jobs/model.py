@@ -70,8 +70,10 @@ def _result_for(record: Record, result: Record) -> Record:
 
 
 def on_submit(existing: Record | None, job_id: str, kind: str, command: Record, partition: int, now_ms: int,
-              cached: Record | None = None, cache_tier: str | None = None) -> Effects:
-    """A valid job command. A repeated job id never runs again: a finished job's result is sent again."""
+              cached: Record | None = None, cache_tier: str | None = None, leader: str | None = None) -> Effects:
+    """A valid job command. A repeated job id never runs again: a finished job's result is sent again. Work
+    already in the cache is answered at once; work identical to a job still running (`leader`) waits for that
+    job's result instead of running twice."""
     if existing is not None:
         if existing["state"] in TERMINAL:
             fx = Effects(statuses=[status(existing, now_ms, reason=_repeat_reason(existing))])
@@ -84,6 +86,9 @@ def on_submit(existing: Record | None, job_id: str, kind: str, command: Record, 
         done = _with(record, now_ms, state="succeeded", backend="cache", progress=1.0,
                      reason=f"answered from the {cache_tier} result cache", result=_result_for(record, cached))
         return Effects(record=done, statuses=[status(record, now_ms), status(done, now_ms)], results=[done["result"]])
+    if leader is not None:
+        waiting = {**record, "follows": leader, "reason": f"the same work as job {leader}: waiting for its result"}
+        return Effects(record=waiting, statuses=[status(waiting, now_ms)])
     return Effects(record=record, statuses=[status(record, now_ms)], actions=[("enqueue", job_id)])
 
 
@@ -116,6 +121,16 @@ def on_event(existing: Record | None, event: Record, now_ms: int) -> Effects:
         return Effects()
     kind = event["event"]
     attempt = int(event.get("attempt", 0))
+    if kind == "shared":  # the job this one follows has ended
+        if existing.get("follows") is None:
+            return Effects()
+        if event.get("result") is None:  # it did not succeed: run this one on its own
+            record = _with(existing, now_ms, follows=None, reason=None)
+            return Effects(record=record, actions=[("enqueue", existing["job_id"])])
+        result = _result_for(existing, event["result"])
+        record = _with(existing, now_ms, state="succeeded", backend="cache", progress=1.0, result=result,
+                       follows=None, reason=f"shared the result of job {event['leader']}, which did the same work")
+        return Effects(record=record, statuses=[status(record, now_ms)], results=[result])
     if kind == "started":
         if attempt < existing["attempt"]:
             return Effects()

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from processors.features import EngineConfig, FeatureEngine
+from processors.online_store import OnlineStore, store_key
 from processors.synthetic import MarketSpec, TickGenerator
 from schemas.tick_decoder import TickDecoder
 from schemas.ticks import encode_columns
@@ -147,6 +149,22 @@ def assert_exact(kafka: KafkaConfig, prefix: str) -> None:
             assert np.array_equal(np.float64(got[name]), np.float64(value), equal_nan=True), (key, name)
     dlq = read_topic(kafka, f"{prefix}ticks.dlq")
     assert sorted(m.value() for m in dlq) == sorted(BAD)
+    # The online store holds each (symbol, interval)'s newest vector, as published.
+    newest: dict[tuple[str, str], Any] = {}
+    for (symbol, interval, ts), values in want_feats.items():
+        if (symbol, interval) not in newest or ts > newest[(symbol, interval)][0]:
+            newest[(symbol, interval)] = (ts, values)
+    client = redis.Redis.from_url(os.environ["STREAMQUANT_REDIS_URL"])
+    store = OnlineStore(client, namespace=prefix)
+    keys = sorted(newest)
+    stored = dict(zip(keys, [store.get_many(iv, [sym])[0] for sym, iv in keys], strict=True))
+    for k, (ts, values) in newest.items():
+        got = stored[k]
+        assert got is not None and got[0] == ts, (k, got and got[0], ts)
+        for name, value in values.items():
+            assert np.array_equal(np.float64(np.nan if got[1][name] is None else got[1][name]), np.float64(value),
+                                  equal_nan=True), (k, name)
+    client.delete(*[store_key(iv, sym, prefix) for sym, iv in keys])
 
 
 def test_killed_three_times_and_restarted_publishes_exactly_once(kafka: KafkaConfig, stack: Any) -> None:

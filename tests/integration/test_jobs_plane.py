@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -51,6 +52,15 @@ def plane_env(admin: AdminClient, kafka: KafkaConfig, redis_url: str, unique: st
     names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix) or t.startswith(f"jp-{unique}")]
     for fut in admin.delete_topics(names, operation_timeout=30).values():
         fut.result(timeout=30)
+
+
+def stop(plane: subprocess.Popen[bytes]) -> None:
+    plane.send_signal(signal.SIGTERM)
+    try:
+        plane.wait(60)
+    except subprocess.TimeoutExpired:
+        plane.kill()
+        plane.wait(30)
 
 
 def start_plane(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -184,6 +194,15 @@ def test_twenty_jobs_rejects_cancel_timeout_repeats_and_cache(kafka: KafkaConfig
         assert statuses.last("same-work")["backend"] == "cache"  # type: ignore[index]
         assert "running" not in [s["state"] for s in statuses.seen["same-work"]]
 
+        # Identical work submitted at once runs once; the others share its result.
+        twins = [command(f"twin-{i}", params={"fast": 6, "slow": 44}, priority=i) for i in range(3)]
+        send(kafka, f"{prefix}backtest.commands", twins)
+        statuses.wait([t["job_id"] for t in twins], lambda s: s["state"] in TERMINAL, 60, plane, log)
+        ran = [t["job_id"] for t in twins if "running" in [s["state"] for s in statuses.seen[t["job_id"]]]]
+        assert len(ran) == 1 and all(statuses.last(t["job_id"])["state"] == "succeeded" for t in twins)  # type: ignore[index]
+        twin_results = read_results(kafka, f"{prefix}backtest.results")
+        assert len({orjson.dumps(twin_results[t["job_id"]][0]["results"]) for t in twins}) == 1
+
         # Cancel a long job once it runs; time out another.
         long_grid = {"fast": list(range(2, 60)), "slow": list(range(61, 161)), "ma": "sma"}
         big = {"universe": [f"S{i:03d}" for i in range(60)], "start": "2000-01-01", "end": "2023-12-31"}
@@ -212,11 +231,18 @@ def test_twenty_jobs_rejects_cancel_timeout_repeats_and_cache(kafka: KafkaConfig
         rejected = cli(env, "submit", "backtest", str(cfg), "--wait", "--timeout", "60")
         assert rejected.returncode == 1 and "rejected" in rejected.stderr and "no_such_strategy" in rejected.stderr
         assert "Traceback" not in rejected.stderr
+        # A features job: the feature table as a Parquet artifact.
+        cfg.write_bytes(orjson.dumps({"job_id": "feat-job", "type": "features", "universe": ["S000", "S001"],
+                                      "start": "2020-01-01", "end": "2020-12-31", "interval": "1d",
+                                      "data": {"source": "synthetic", "seed": SEED}, "features": ["rsi_14", "obv"]}))
+        feats = cli(env, "submit", "features", str(cfg), "--wait", "--timeout", "120")
+        assert feats.returncode == 0 and "features.parquet" in feats.stdout, feats.stdout + feats.stderr
+        table = pq.read_table(orjson.loads(cli(env, "jobs", "result", "feat-job").stdout)["artifact"])
+        assert table.column_names == ["symbol", "ts", "open", "high", "low", "close", "volume", "rsi_14", "obv"]
         missing = cli(env, "jobs", "status", "never-submitted")
         assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
     finally:
-        plane.send_signal(signal.SIGTERM)
-        plane.wait(30)
+        stop(plane)
         statuses.consumer.close()
 
 
@@ -245,6 +271,5 @@ def test_plane_killed_mid_job_and_restarted_ends_every_job_exactly_once(kafka: K
         assert all(len(results[j]) == 1 for j in ids), {j: len(results[j]) for j in ids}
         assert any(s["attempt"] > 1 for j in ids for s in statuses.seen[j]), "no job was running at the kill"
     finally:
-        plane.send_signal(signal.SIGTERM)
-        plane.wait(30)
+        stop(plane)
         statuses.consumer.close()

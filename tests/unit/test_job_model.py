@@ -87,3 +87,17 @@ def test_a_cache_hit_succeeds_at_once_without_running() -> None:
     assert fx.record is not None and fx.record["state"] == "succeeded" and not fx.actions
     assert [s["state"] for s in fx.statuses] == ["queued", "succeeded"]
     assert fx.results == [{"job_id": "j9", "results": [1]}]
+
+
+def test_identical_work_waits_for_the_running_job_instead_of_running_twice() -> None:
+    fx = model.on_submit(None, "j2", "backtest", {**CMD, "job_id": "j2"}, 0, 1000, leader="j1")
+    follower = fx.record
+    assert follower is not None and follower["state"] == "queued" and follower["follows"] == "j1"
+    assert not fx.actions and "waiting for its result" in fx.statuses[0]["reason"]
+    shared = model.on_event(follower, {"event": "shared", "leader": "j1", "result": {"job_id": "j1", "r": 1}}, 2000)
+    assert shared.record is not None and shared.record["state"] == "succeeded"
+    assert shared.results == [{"job_id": "j2", "r": 1}] and shared.cache_put is None
+    assert shared.statuses[0]["backend"] == "cache" and "j1" in shared.statuses[0]["reason"]
+    # The leader failed or was cancelled: the follower runs on its own.
+    alone = model.on_event(follower, {"event": "shared", "leader": "j1", "result": None}, 2000)
+    assert alone.record is not None and alone.record["follows"] is None and alone.actions == [("enqueue", "j2")]

@@ -1,0 +1,126 @@
+"""The exactly-once consume–process–produce loop that the streaming processors share.
+
+Per micro-batch: begin a transaction, let the processor write its outputs, commit them together with the
+batch's offsets. An abortable error aborts, rewinds to the batch's first offsets and re-reads it (bounded
+retries with backoff); a fatal one (a fenced or broken producer) recreates the producer and lets the
+processor rebuild its state from committed data. A subclass supplies `_process` (write the outputs of one
+batch, return what to keep once it is committed) and `_committed` (keep it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from processors import metrics as m
+from processors.errors import ProcessorError
+from streams.errors import ProducerFenced, TransactionAborted
+from streams.source import BatchSource, MessageBatch
+from streams.transactions import TransactionalSink
+
+log = logging.getLogger(__name__)
+MAX_ABORTS_IN_A_ROW = 5
+Partitions = list[tuple[str, int]]
+SourceFactory = Callable[[Callable[[Partitions], None], Callable[[Partitions], None]], BatchSource]
+
+
+class EosProcessor:
+    """The loop; subclasses name themselves (`NAME`, the metrics label) and implement the hooks."""
+
+    NAME = "processor"
+
+    def __init__(self, source_factory: SourceFactory, sink_factory: Callable[[], TransactionalSink]) -> None:
+        self._sink_factory = sink_factory
+        self._idle_since = time.monotonic()
+        self._aborts_in_a_row = 0
+        # The sink first: initialising it aborts whatever a dead predecessor left open, which would otherwise
+        # hold back read_committed reads of what it wrote (a restore, say).
+        self.sink = sink_factory()
+        self.source = source_factory(self._assigned, self._revoked)
+
+    # ------------------------------------------------------------------ hooks
+
+    def _ready(self) -> bool:
+        """Whether batches may be consumed now (partitions restored, a model loaded...)."""
+        return True
+
+    def _process(self, batch: MessageBatch) -> Any:
+        raise NotImplementedError
+
+    def _committed(self, batch: MessageBatch, pending: Any) -> None:
+        """The batch's transaction is committed: keep what `_process` returned."""
+
+    def _assigned(self, partitions: Partitions) -> None:
+        """Partitions assigned (restore their state here, before any of their messages is processed)."""
+
+    def _revoked(self, partitions: Partitions) -> None:
+        """Partitions revoked (batches run between consume() calls, so nothing is in flight)."""
+
+    def _rebuild(self) -> None:
+        """After a fatal producer error: state to rebuild from committed data before going on."""
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, should_stop: Callable[[], bool], stop_when_idle_s: float | None = None) -> None:
+        """Processes batches until told to stop, or until idle that long with partitions assigned and caught
+        up (waiting for a rebalance or for a position to be known does not count as idle)."""
+        self._idle_since = time.monotonic()
+        while not should_stop():
+            if self.step() or not self.source.assignment():
+                self._idle_since = time.monotonic()
+            elif stop_when_idle_s is not None and time.monotonic() - self._idle_since >= stop_when_idle_s:
+                if self.source.caught_up():
+                    log.info("idle for %.0fs: stopping", stop_when_idle_s)
+                    return
+                self._idle_since = time.monotonic()  # a position is still unknown: wait another round
+
+    def step(self) -> int:
+        """Consumes, processes and commits one micro-batch; returns its size."""
+        if not self._ready():
+            time.sleep(0.1)
+            return 0
+        batch = self.source.next_batch()
+        if not len(batch):
+            return 0
+        started = time.perf_counter()
+        try:
+            pending = self._process(batch)
+            commit_started = time.perf_counter()
+            self.sink.commit(self.source, batch.next_offsets())
+            m.COMMIT_SECONDS.labels(self.NAME).observe(time.perf_counter() - commit_started)
+        except TransactionAborted as err:
+            self._aborts_in_a_row += 1
+            m.ABORTS.labels(self.NAME).inc()
+            if self._aborts_in_a_row > MAX_ABORTS_IN_A_ROW:
+                raise ProcessorError(f"the same batch was aborted {self._aborts_in_a_row} times in a row, last: "
+                                     f"{err}; stopping rather than looping") from None
+            log.warning("transaction aborted (%s): re-reading the batch", err)
+            time.sleep(min(0.1 * 2 ** self._aborts_in_a_row, 5.0))
+            self.source.seek(batch.first_offsets())
+            return 0
+        except ProducerFenced as err:
+            log.warning("producer failed (%s): recreating it and rebuilding state", err)
+            m.PRODUCER_RESETS.labels(self.NAME).inc()
+            self._reset()
+            return 0
+        self._aborts_in_a_row = 0
+        self._committed(batch, pending)
+        m.BATCHES.labels(self.NAME).inc()
+        m.BATCH_SIZE.labels(self.NAME).observe(len(batch))
+        m.BATCH_SECONDS.labels(self.NAME).observe(time.perf_counter() - started)
+        for (_topic, p), lag in self.source.lag().items():
+            m.CONSUMER_LAG.labels(self.NAME, str(p)).set(lag)
+        return len(batch)
+
+    def close(self) -> None:
+        self.sink.close()
+        self.source.close()
+
+    def _reset(self) -> None:
+        self.sink.close()
+        self.sink = self._sink_factory()
+        assigned = self.source.assignment()
+        self._rebuild()
+        self.source.rewind_to_committed(assigned)

@@ -1,0 +1,156 @@
+"""The prediction processor: feature vectors in, the active model's predictions out, exactly once.
+
+Each micro-batch of `features` (read_committed) is scored with the model version active when the batch
+starts; the predictions and the consumed offsets commit in one transaction, so a processor killed at any
+point and restarted publishes every prediction once. A version promoted on `models` is loaded between
+batches (its artifact's sha256 checked first), so a switch happens at a batch boundary and every prediction
+names the version that made it. Until the model has an active version nothing is consumed: vectors wait in
+the topic rather than being skipped.
+
+A vector of another interval is not ours; one missing a feature the model needs (still warming up) is
+skipped and counted by reason; one that cannot be decoded goes to `features.dlq`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from prometheus_client import Counter, Gauge
+
+from processors import metrics as m
+from processors.eos import EosProcessor, SourceFactory
+from processors.errors import ProcessorError
+from processors.registry import RegistryReader
+from schemas.codec import InvalidMessage, RecordCodec
+from schemas.records import FeatureVector, ModelVersion
+from streams.dlq import dead_letter
+from streams.source import MessageBatch
+from streams.transactions import TransactionalSink
+
+log = logging.getLogger(__name__)
+NAME = "predictions"
+PREDICTIONS = Counter("streamquant_predictions_total", "Predictions published", ["model", "version"])
+SKIPPED = Counter("streamquant_prediction_skips_total", "Feature vectors not scored, by reason", ["reason"])
+REFUSED = Counter("streamquant_model_refusals_total", "Active versions the predictor refused to load", ["model"])
+ACTIVE_VERSION = Gauge("streamquant_model_active_version", "Model version the predictor uses", ["model"])
+CODEC = RecordCodec(FeatureVector)
+
+# a registry record -> its model, verified and loaded, with predict_up(X: rows × the record's features) -> P(up)
+Loader = Callable[[ModelVersion], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionTopics:
+    features: str
+    predictions: str
+    dlq: str
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """signal = 1 when P(up) ≥ long, -1 when P(up) ≤ short, else 0."""
+
+    long: float = 0.55
+    short: float = 0.45
+
+
+DEFAULT_THRESHOLDS = Thresholds()
+
+
+class PredictionProcessor(EosProcessor):
+    NAME = NAME
+
+    def __init__(self, model: str, interval: str, topics: PredictionTopics, source_factory: SourceFactory,
+                 sink_factory: Callable[[], TransactionalSink], registry: RegistryReader, loader: Loader,
+                 thresholds: Thresholds = DEFAULT_THRESHOLDS) -> None:
+        self.model = model
+        self.interval = interval
+        self.topics = topics
+        self.registry = registry
+        self.loader = loader
+        self.thresholds = thresholds
+        self.version: ModelVersion | None = None
+        self.scorer: Any = None
+        self._refused: tuple[int, str] | None = None  # the active version that failed to load (not retried)
+        super().__init__(source_factory, sink_factory)
+
+    # ------------------------------------------------------------------ model
+
+    def _ready(self) -> bool:
+        """Loads a newly active version between batches; False (consume nothing) while there is none."""
+        self.registry.refresh()
+        active = self.registry.registry.active(self.model)
+        if active is None or self._refused == (active.version, active.sha256):
+            return self.version is not None
+        if self.version is not None and (active.version, active.sha256) == (self.version.version, self.version.sha256):
+            return True
+        try:
+            if active.label.kind != "direction":
+                raise ProcessorError(f"model {self.model} v{active.version} predicts {active.label.kind}; "
+                                     "the prediction processor serves direction classifiers")
+            scorer = self.loader(active)  # verifies the artifact's sha256: never serve an unverified model
+        except Exception as err:
+            self._refused = (active.version, active.sha256)
+            REFUSED.labels(self.model).inc()
+            reason = f"model {self.model} v{active.version} refused: {err}"
+            if self.version is None:
+                raise ProcessorError(reason) from None
+            log.error("%s; still serving v%d", reason, self.version.version)
+            return True
+        self.scorer, self.version = scorer, active
+        ACTIVE_VERSION.labels(self.model).set(active.version)
+        log.info("model %s: now serving v%d", self.model, active.version)
+        return True
+
+    # ------------------------------------------------------------------ one batch
+
+    def _process(self, batch: MessageBatch) -> None:
+        assert self.version is not None
+        t = self.topics
+        names = list(self.version.features)
+        self.sink.begin()
+        keys: list[bytes] = []
+        rows: list[list[float]] = []
+        heads: list[tuple[str, int]] = []
+        for i, value in enumerate(batch.values):
+            try:
+                vector = CODEC.decode(value)  # type: ignore[arg-type]  # None (a tombstone) is rejected there
+            except InvalidMessage as err:
+                letter = dead_letter(batch, i, error_class=err.error_class, reason=err.reason, processor=NAME,
+                                     dlq_topic=t.dlq)
+                self.sink.write(letter.topic, letter.key, letter.value, letter.headers)
+                SKIPPED.labels("undecodable").inc()
+                continue
+            if vector.interval != self.interval:
+                SKIPPED.labels("other_interval").inc()
+                continue
+            values = [vector.values.get(n) for n in names]
+            if any(v is None or not math.isfinite(v) for v in values):
+                SKIPPED.labels("missing_feature").inc()
+                continue
+            rows.append(values)  # type: ignore[arg-type]
+            heads.append((vector.symbol, vector.ts))
+            keys.append(vector.symbol.encode())
+        if not rows:
+            return
+        p_up = np.asarray(self.scorer.predict_up(np.asarray(rows, dtype=np.float64)), dtype=np.float64)
+        th = self.thresholds
+        v = self.version
+        for (symbol, ts), key, p in zip(heads, keys, p_up.tolist(), strict=True):
+            signal = 1 if p >= th.long else (-1 if p <= th.short else 0)
+            self.sink.write(t.predictions, key, orjson.dumps({
+                "symbol": symbol, "interval": self.interval, "ts": ts, "model": v.model, "version": v.version,
+                "probability": min(max(p, 0.0), 1.0), "signal": signal}))
+        PREDICTIONS.labels(v.model, str(v.version)).inc(len(rows))
+
+    def _committed(self, batch: MessageBatch, pending: Any) -> None:
+        newest = int(batch.timestamps.max())
+        if newest > 0:
+            m.PUBLISH_LATENCY.labels(NAME).observe(max(time.time() - newest / 1000.0, 0.0))
