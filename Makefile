@@ -10,7 +10,7 @@ export STREAMQUANT_KAFKA_BOOTSTRAP ?= 127.0.0.1:9092
 export STREAMQUANT_REDIS_URL ?= redis://127.0.0.1:6379/0
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock lint schemas up down status demo test test-unit test-integration bench clean
+.PHONY: help install lock lint schemas up down status demo test test-unit test-integration bench clean helm-check
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ lock: ## Re-resolve dependencies from pyproject.toml into requirements.lock
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+helm-check: $(STAMP) ## Helm chart: lint, render with default/GPU/CI values, validate against Kubernetes schemas offline
+	PYTHON=$(BIN)/python .ci/helm-check
 
 schemas: $(STAMP) ## Regenerate schemas/json and schemas/avro from the record dataclasses
 	$(BIN)/python -m schemas.generate

@@ -9,6 +9,7 @@ batch, return what to keep once it is committed) and `_committed` (keep it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -38,7 +39,7 @@ class EosProcessor:
         # The sink first: initialising it aborts whatever a dead predecessor left open, which would otherwise
         # hold back read_committed reads of what it wrote (a restore, say).
         self.sink = sink_factory()
-        self.source = source_factory(self._assigned, self._revoked)
+        self.source = source_factory(self._assigned, self._on_revoked)
 
     # ------------------------------------------------------------------ hooks
 
@@ -60,6 +61,13 @@ class EosProcessor:
 
     def _rebuild(self) -> None:
         """After a fatal producer error: state to rebuild from committed data before going on."""
+
+    def _on_revoked(self, partitions: Partitions) -> None:
+        # The new owner reports these partitions' lag from now on; a value left here would never change again.
+        for _topic, p in partitions:
+            with contextlib.suppress(KeyError):
+                m.CONSUMER_LAG.remove(self.NAME, str(p))
+        self._revoked(partitions)
 
     # ------------------------------------------------------------------ loop
 

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from processors.backtest import params_label
+from processors.gpu_metrics import register_gpu_metrics
 from processors.jobs import model
 from processors.jobs.app import RESULT_TOPICS, PlaneConfig, PlaneTopics, build_app
 from processors.jobs.cache import DiskTier, MemoryTier, ResultCache
@@ -103,6 +104,7 @@ def run_jobs(ctx: typer.Context) -> None:
     app, _plane = build_app(config, cache, scheduler_factory)
     if settings.metrics.port:
         start_http_server(settings.metrics.port)
+        register_gpu_metrics()
     console.print(f"jobs: {commands}, {ml_commands} → {topics.status}, results; {j.max_concurrent} at once, "
                   f"GPU {'visible' if visible else 'not visible'}; HTTP on {j.web_host}:{j.web_port}")
     logging.basicConfig(level=logging.INFO)

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from processors.errors import InvalidCommand
+from processors.gpu_metrics import register_gpu_metrics
 from processors.online_store import OnlineStore
 from processors.predict_service import PredictService
 from processors.prediction_processor import PredictionProcessor, PredictionTopics, Thresholds
@@ -93,6 +94,7 @@ def run_predictions(
         online_store(settings), p.interval, thresholds)
     if settings.metrics.port:
         start_http_server(settings.metrics.port)
+        register_gpu_metrics()
     stopping = {"flag": False}
 
     def stop(_signum: int, _frame: Any) -> None:

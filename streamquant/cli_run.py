@@ -17,6 +17,7 @@ from rich.console import Console
 from gpu_kernels.features import FeatureError, FeatureSet
 from processors.feature_processor import FeatureProcessor, FeatureTopics
 from processors.features import EngineConfig, FeatureEngine, features_for_bars, interval_ms
+from processors.gpu_metrics import register_gpu_metrics
 from schemas.records import Tick
 from schemas.ticks import TickColumns
 from streamquant.cli_ml import online_store
@@ -102,6 +103,7 @@ def run_features(
     processor = build_feature_processor(settings)
     if settings.metrics.port:
         start_http_server(settings.metrics.port)
+        register_gpu_metrics()
     stopping = {"flag": False}
 
     def stop(_signum: int, _frame: Any) -> None:

@@ -25,6 +25,9 @@ TIERS = ("l1", "l2", "l3")
 HITS = Counter("streamquant_cache_hits_total", "Result cache hits", ["tier"])
 MISSES = Counter("streamquant_cache_misses_total", "Result cache misses", ["tier"])
 ERRORS = Counter("streamquant_cache_errors_total", "Result cache errors (the lookup goes on as a miss)", ["tier"])
+for _tier in TIERS:  # every tier's series exists from the start: a hit rate of 0 is a number, not an absent series
+    for _counter in (HITS, MISSES, ERRORS):
+        _counter.labels(_tier)
 REDIS_PREFIX = "streamquant:results:"
 
 

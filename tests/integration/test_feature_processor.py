@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,7 @@ def published(kafka: KafkaConfig, prefix: str) -> tuple[dict[Any, Any], dict[Any
     return bars, feats
 
 
-def assert_exact(kafka: KafkaConfig, prefix: str) -> None:
+def assert_exact(kafka: KafkaConfig, prefix: str, extra_dead_letters: Sequence[bytes] = ()) -> None:
     want_bars, want_feats = expected(kafka, f"{prefix}ticks")
     got_bars, got_feats = published(kafka, prefix)
     assert len(want_bars) > 1000
@@ -148,7 +149,7 @@ def assert_exact(kafka: KafkaConfig, prefix: str) -> None:
         for name, value in want.items():
             assert np.array_equal(np.float64(got[name]), np.float64(value), equal_nan=True), (key, name)
     dlq = read_topic(kafka, f"{prefix}ticks.dlq")
-    assert sorted(m.value() for m in dlq) == sorted(BAD)
+    assert sorted(m.value() for m in dlq) == sorted([*BAD, *extra_dead_letters])
     # The online store holds each (symbol, interval)'s newest vector, as published.
     newest: dict[tuple[str, str], Any] = {}
     for (symbol, interval, ts), values in want_feats.items():

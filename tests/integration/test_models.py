@@ -157,8 +157,8 @@ def test_train_promote_predict_switch_versions_exactly_once(kafka: KafkaConfig, 
     items = vectors()
     complete = [v for v in items if all(x is not None for x in v["values"].values())]
     assert 2000 < len(complete) < len(items)
-    half = len(items) // 2
-    produce(kafka, f"{prefix}features", items[:half])
+    third = len(items) // 3
+    produce(kafka, f"{prefix}features", items[:third])
     produce(kafka, f"{prefix}features", [{**items[0], "interval": "1m"}])  # another interval: not ours
     log = tmp_path / "predictor.log"
     first = predictor(env, log)
@@ -168,12 +168,16 @@ def test_train_promote_predict_switch_versions_exactly_once(kafka: KafkaConfig, 
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    produce(kafka, f"{prefix}features", items[half:])
-    second = predictor(env, log, idle=8)
+    produce(kafka, f"{prefix}features", items[third:2 * third])
+    second = predictor(env, log, idle=20)
     while count_predictions(kafka, f"{prefix}predictions") < len(complete) // 2:
         assert second.poll() is None and time.monotonic() < deadline + 120, log.read_text()[-3000:]
         time.sleep(0.2)
     assert sq(env, "models", "promote", "dir", "2").returncode == 0
+    while log.read_text().count("now serving v2") < 1:  # the running predictor picked v2 up between batches
+        assert second.poll() is None and time.monotonic() < deadline + 180, log.read_text()[-3000:]
+        time.sleep(0.2)
+    produce(kafka, f"{prefix}features", items[2 * third:])
 
     # Request-reply Predict while it runs: by symbol from the online store, and what it cannot answer.
     store = OnlineStore(redis.Redis.from_url(redis_url), namespace=prefix)
