@@ -28,13 +28,12 @@ from gpu_kernels.perf import equity_metrics
 from processors.backtest_data import (
     DATA_LOADERS,
     BarPanel,
+    check_request,
     check_symbols,
     estimated_bars,
-    period_ms,
     periods_per_year,
 )
 from processors.errors import BackendUnavailable, BacktestStopped, InvalidCommand, ProcessorError
-from processors.features import interval_ms
 from processors.indicator_bank import Indicators
 from processors.strategies import get_strategy
 from schemas.records import BacktestCommand, BacktestResult, ParamSetResult
@@ -81,23 +80,7 @@ class BacktestOutcome:
 def validate(cmd: BacktestCommand) -> None:
     """Raises InvalidCommand (one-line reason) for anything wrong that can be seen without reading data."""
     sets = get_strategy(cmd.strategy).param_sets(cmd.params)
-    if not cmd.universe:
-        raise InvalidCommand("the universe is empty")
-    seen: set[str] = set()
-    for symbol in cmd.universe:
-        if symbol in seen:
-            raise InvalidCommand(f"symbol {symbol} appears twice in the universe")
-        seen.add(symbol)
-    try:
-        interval_ms(cmd.interval)
-    except ValueError as err:
-        raise InvalidCommand(str(err)) from None
-    period_ms(cmd.start, cmd.end)
-    if cmd.data.source not in DATA_LOADERS:
-        raise InvalidCommand(f"data source {cmd.data.source!r} is not available here "
-                             f"(available: {', '.join(sorted(DATA_LOADERS))})")
-    if cmd.data.source == "parquet" and not cmd.data.path:
-        raise InvalidCommand("data source parquet needs a path")
+    check_request(cmd)
     if not cmd.initial_capital > 0:
         raise InvalidCommand("initial_capital must be positive")
     if not (0 <= cmd.fees_bps < 10_000 and 0 <= cmd.slippage_bps < 10_000):

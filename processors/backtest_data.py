@@ -246,6 +246,27 @@ Loader = Callable[[BarsRequest], BarPanel]
 DATA_LOADERS: dict[str, Loader] = {"parquet": load_parquet, "synthetic": load_synthetic}
 
 
+def check_request(cmd: BarsRequest) -> None:
+    """What every job reading bars must get right before any data is read (InvalidCommand, one line)."""
+    if not cmd.universe:
+        raise InvalidCommand("the universe is empty")
+    seen: set[str] = set()
+    for symbol in cmd.universe:
+        if symbol in seen:
+            raise InvalidCommand(f"symbol {symbol} appears twice in the universe")
+        seen.add(symbol)
+    try:
+        interval_ms(cmd.interval)
+    except ValueError as err:
+        raise InvalidCommand(str(err)) from None
+    period_ms(cmd.start, cmd.end)
+    if cmd.data.source not in DATA_LOADERS:
+        raise InvalidCommand(f"data source {cmd.data.source!r} is not available here "
+                             f"(available: {', '.join(sorted(DATA_LOADERS))})")
+    if cmd.data.source == "parquet" and not cmd.data.path:
+        raise InvalidCommand("data source parquet needs a path")
+
+
 def estimated_bars(cmd: BarsRequest) -> int:
     """An upper bound on the bars per symbol of the command's period (no data access), for size limits."""
     lo, hi = period_ms(cmd.start, cmd.end)

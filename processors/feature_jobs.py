@@ -15,9 +15,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from gpu_kernels.features import DEFAULT_FEATURES, FeatureError, FeatureSet
-from processors.backtest_data import BarPanel, period_ms
+from processors.backtest_data import BarPanel, check_request, estimated_bars
 from processors.errors import InvalidCommand
-from processors.features import features_for_bars, interval_ms
+from processors.features import features_for_bars
 from schemas.records import FeaturesCommand
 
 MAX_CELLS = 50_000_000  # bars × symbols of one job
@@ -33,17 +33,9 @@ def feature_set(names: Sequence[str]) -> FeatureSet:
 def validate(cmd: FeaturesCommand) -> None:
     """Everything that can be checked without reading data; InvalidCommand with a one-line reason."""
     feature_set(cmd.features)
-    if len(set(cmd.universe)) != len(cmd.universe):
-        raise InvalidCommand("a symbol appears twice in the universe")
-    try:
-        step = interval_ms(cmd.interval)
-    except ValueError as err:
-        raise InvalidCommand(str(err)) from None
-    lo, hi = period_ms(cmd.start, cmd.end)
-    if -(-(hi - lo) // step) * len(cmd.universe) > MAX_CELLS:
+    check_request(cmd)
+    if estimated_bars(cmd) * len(cmd.universe) > MAX_CELLS:
         raise InvalidCommand(f"the period holds more than {MAX_CELLS:,} bar × symbol cells; split it")
-    if cmd.data.source == "parquet" and not cmd.data.path:
-        raise InvalidCommand("data source parquet needs a path")
 
 
 def feature_table(panel: BarPanel, names: Sequence[str]) -> pa.Table:

@@ -18,13 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-import numpy as np
 import orjson
 from prometheus_client import Counter, Histogram
 
 from processors.errors import InvalidCommand
 from processors.online_store import OnlineStore
-from processors.prediction_processor import DEFAULT_THRESHOLDS, Thresholds
+from processors.prediction_processor import DEFAULT_THRESHOLDS, Thresholds, score
 from processors.registry import RegistryReader
 from schemas.codec import InvalidMessage, RecordCodec
 from schemas.records import ModelVersion, PredictRequest
@@ -88,10 +87,9 @@ class PredictService:
             scorer = self._scorer(version)
         except InvalidCommand as err:
             return {**base, "error": str(err)}
-        p_up = np.asarray(scorer.predict_up(np.asarray(rows, dtype=np.float64)), dtype=np.float64).tolist()
-        th = self.thresholds
-        return {**base, "version": version.version, "probabilities": [min(max(p, 0.0), 1.0) for p in p_up],
-                "signals": [1 if p >= th.long else (-1 if p <= th.short else 0) for p in p_up]}
+        p_up = score(scorer, rows)
+        return {**base, "version": version.version, "probabilities": p_up,
+                "signals": [self.thresholds.signal(p) for p in p_up]}
 
     def _rows(self, request: PredictRequest, version: ModelVersion) -> list[list[float]]:
         if bool(request.rows) == bool(request.symbols):

@@ -60,6 +60,15 @@ class Thresholds:
     long: float = 0.55
     short: float = 0.45
 
+    def signal(self, p_up: float) -> int:
+        return 1 if p_up >= self.long else (-1 if p_up <= self.short else 0)
+
+
+def score(scorer: Any, rows: list[list[float]]) -> list[float]:
+    """P(up) of each row, clipped to [0, 1] (a forest's average can overshoot by an ulp)."""
+    p_up = np.asarray(scorer.predict_up(np.asarray(rows, dtype=np.float64)), dtype=np.float64)
+    return np.clip(p_up, 0.0, 1.0).tolist()
+
 
 DEFAULT_THRESHOLDS = Thresholds()
 
@@ -141,14 +150,11 @@ class PredictionProcessor(EosProcessor):
             keys.append(vector.symbol.encode())
         if not rows:
             return
-        p_up = np.asarray(self.scorer.predict_up(np.asarray(rows, dtype=np.float64)), dtype=np.float64)
-        th = self.thresholds
         v = self.version
-        for (symbol, ts), key, p in zip(heads, keys, p_up.tolist(), strict=True):
-            signal = 1 if p >= th.long else (-1 if p <= th.short else 0)
+        for (symbol, ts), key, p in zip(heads, keys, score(self.scorer, rows), strict=True):
             self.sink.write(t.predictions, key, orjson.dumps({
                 "symbol": symbol, "interval": self.interval, "ts": ts, "model": v.model, "version": v.version,
-                "probability": min(max(p, 0.0), 1.0), "signal": signal}))
+                "probability": p, "signal": self.thresholds.signal(p)}))
         PREDICTIONS.labels(v.model, str(v.version)).inc(len(rows))
 
     def _committed(self, batch: MessageBatch, pending: Any) -> None:

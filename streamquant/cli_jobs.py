@@ -131,37 +131,31 @@ def _load_command(path: Path, kind: str) -> dict[str, Any]:
     return obj
 
 
-@submit_app.command("backtest")
-def submit_backtest(
-    ctx: typer.Context,
-    config_file: Annotated[Path, typer.Argument(help="the BacktestCommand as JSON (job_id optional)")],
-    wait: Annotated[bool, typer.Option(help="follow the job until it ends, then print its metrics")] = False,
-    timeout: Annotated[float, typer.Option(help="with --wait: give up after this many seconds")] = 3600.0,
-) -> None:
-    """Write a backtest command to `backtest.commands`; with --wait, show its progress and result."""
-    _submit(_settings(ctx), "backtest", _load_command(config_file, "backtest"), wait, timeout)
+SUBMITTED = {
+    "backtest": "Write a backtest command (BacktestCommand) to `backtest.commands`; with --wait, show its progress "
+                "and metrics.",
+    "features": "Write a features command (FeaturesCommand: universe, period, data → a Parquet feature table); "
+                "with --wait, follow it.",
+    "train": "Write a training command (TrainCommand) to `ml.commands`; the trained forest becomes the model's "
+             "next version.",
+}
 
 
-@submit_app.command("features")
-def submit_features(
-    ctx: typer.Context,
-    config_file: Annotated[Path, typer.Argument(help="the FeaturesCommand as JSON (job_id optional)")],
-    wait: Annotated[bool, typer.Option(help="follow the job until it ends, then print where its table is")] = False,
-    timeout: Annotated[float, typer.Option(help="with --wait: give up after this many seconds")] = 3600.0,
-) -> None:
-    """Write a features command (universe, period, data → a Parquet feature table); with --wait, follow it."""
-    _submit(_settings(ctx), "features", _load_command(config_file, "features"), wait, timeout)
+def _submit_command(kind: str) -> None:
+    def submit(
+        ctx: typer.Context,
+        config_file: Annotated[Path, typer.Argument(help="the command as JSON (job_id optional)")],
+        wait: Annotated[bool, typer.Option(help="follow the job until it ends, then print its result")] = False,
+        timeout: Annotated[float, typer.Option(help="with --wait: give up after this many seconds")] = 3600.0,
+    ) -> None:
+        _submit(_settings(ctx), kind, _load_command(config_file, kind), wait, timeout)
+
+    submit.__doc__ = SUBMITTED[kind]
+    submit_app.command(kind)(submit)
 
 
-@submit_app.command("train")
-def submit_train(
-    ctx: typer.Context,
-    config_file: Annotated[Path, typer.Argument(help="the TrainCommand as JSON (job_id optional)")],
-    wait: Annotated[bool, typer.Option(help="follow the job until it ends, then print the model's metrics")] = False,
-    timeout: Annotated[float, typer.Option(help="with --wait: give up after this many seconds")] = 3600.0,
-) -> None:
-    """Write a training command to `ml.commands`; the trained forest is registered as the model's next version."""
-    _submit(_settings(ctx), "train", _load_command(config_file, "train"), wait, timeout)
+for _kind in SUBMITTED:
+    _submit_command(_kind)
 
 
 def _submit(settings: Settings, kind: str, command: dict[str, Any], wait: bool, timeout: float) -> None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
-import redis
 import typer
 from prometheus_client import start_http_server
 from rich.console import Console
@@ -19,10 +18,10 @@ from rich.table import Table
 
 from processors.errors import InvalidCommand
 from processors.gpu_metrics import register_gpu_metrics
-from processors.online_store import OnlineStore
 from processors.predict_service import PredictService
 from processors.prediction_processor import PredictionProcessor, PredictionTopics, Thresholds
 from processors.registry import RegistryReader, load_scorer, publish, read_registry
+from streamquant.cli_run import online_store, stop_on_signals
 from streamquant.errors import UserError
 from streamquant.kafka_io import admin_client, end_offset, follow_messages, partition_for_key, topic_partitions
 from streamquant.settings import Settings
@@ -44,13 +43,6 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
 def _settings(ctx: typer.Context) -> Settings:
     settings: Settings = ctx.find_root().obj
     return settings
-
-
-def online_store(settings: Settings) -> OnlineStore:
-    password = settings.redis.password.get_secret_value() if settings.redis.password else None
-    client = redis.Redis.from_url(settings.redis.url, password=password, socket_timeout=1.0,
-                                  socket_connect_timeout=1.0)
-    return OnlineStore(client, settings.predictions.online_ttl_s, namespace=settings.topics.prefix)
 
 
 # ---------------------------------------------------------------------- run predictions
@@ -95,20 +87,16 @@ def run_predictions(
     if settings.metrics.port:
         start_http_server(settings.metrics.port)
         register_gpu_metrics()
-    stopping = {"flag": False}
-
-    def stop(_signum: int, _frame: Any) -> None:
-        stopping["flag"] = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    should_stop = stop_on_signals()
+    done = threading.Event()
     console.print(f"predictions: {topics.features} ({p.interval}) → {topics.predictions} with the active version "
                   f"of {p.model}, as {processor.sink.transactional_id}; Predict requests answered")
-    answering = threading.Thread(target=_answer_requests, args=(service, stopping), name="predict", daemon=True)
+    answering = threading.Thread(target=_answer_requests, args=(service, lambda: should_stop() or done.is_set()),
+                                 name="predict", daemon=True)
     answering.start()
     idle_since = time.monotonic()
     try:
-        while not stopping["flag"]:
+        while not should_stop():
             if answering_failed := getattr(service, "failure", None):
                 raise answering_failed
             worked = processor.step()
@@ -119,16 +107,16 @@ def run_predictions(
                     break
                 idle_since = time.monotonic()
     finally:
-        stopping["flag"] = True
+        done.set()
         answering.join(10)
         processor.close()
         service.close()
 
 
-def _answer_requests(service: PredictService, stopping: dict[str, bool]) -> None:
+def _answer_requests(service: PredictService, stop: Callable[[], bool]) -> None:
     """Request-reply on its own thread and clients, so an answer never waits for a feature batch."""
     try:
-        while not stopping["flag"]:
+        while not stop():
             service.step(max_wait_s=0.1)
     except Exception as err:  # handed to the main loop, which stops the processor with it
         service.failure = err

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
+import redis
 import typer
 from prometheus_client import start_http_server
 from rich.console import Console
@@ -18,9 +21,9 @@ from gpu_kernels.features import FeatureError, FeatureSet
 from processors.feature_processor import FeatureProcessor, FeatureTopics
 from processors.features import EngineConfig, FeatureEngine, features_for_bars, interval_ms
 from processors.gpu_metrics import register_gpu_metrics
+from processors.online_store import OnlineStore
 from schemas.records import Tick
 from schemas.ticks import TickColumns
-from streamquant.cli_ml import online_store
 from streamquant.errors import UserError
 from streamquant.kafka_io import admin_client, topic_partitions
 from streamquant.settings import Settings
@@ -57,6 +60,25 @@ def _engine(settings: Settings) -> FeatureEngine:
                                           features=tuple(f.features)))
     except (ValueError, FeatureError) as err:
         raise UserError(f"features settings: {err}") from None
+
+
+def online_store(settings: Settings) -> OnlineStore:
+    password = settings.redis.password.get_secret_value() if settings.redis.password else None
+    client = redis.Redis.from_url(settings.redis.url, password=password, socket_timeout=1.0,
+                                  socket_connect_timeout=1.0)
+    return OnlineStore(client, settings.predictions.online_ttl_s, namespace=settings.topics.prefix)
+
+
+def stop_on_signals() -> Callable[[], bool]:
+    """SIGTERM and Ctrl-C ask a processor to stop after its current batch (never in the middle of one)."""
+    stopping = threading.Event()
+
+    def stop(_signum: int, _frame: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return stopping.is_set
 
 
 def build_feature_processor(settings: Settings) -> FeatureProcessor:
@@ -104,18 +126,12 @@ def run_features(
     if settings.metrics.port:
         start_http_server(settings.metrics.port)
         register_gpu_metrics()
-    stopping = {"flag": False}
-
-    def stop(_signum: int, _frame: Any) -> None:
-        stopping["flag"] = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    should_stop = stop_on_signals()
     t = processor.topics
     console.print(f"features: {t.ticks} → {t.bars}, {t.features} as {processor.sink.transactional_id} "
                   f"(intervals {', '.join(processor.engine.config.intervals)})")
     try:
-        processor.run(lambda: stopping["flag"], stop_when_idle_s=stop_when_idle)
+        processor.run(should_stop, stop_when_idle_s=stop_when_idle)
     finally:
         processor.close()
 

@@ -315,9 +315,13 @@ def build_app(config: PlaneConfig, cache: ResultCache, scheduler_factory: Any) -
 
     @app.timer(interval=1.0)
     async def reconcile() -> None:
-        if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
-            return
-        plane.reconcile(owned())
+        # No wait for "recovery complete": a flag that is not reliably set after an exactly-once restart
+        # kept jobs from ever running again. Reconciling a table still loading is safe: a job rerun
+        # because its newer record had not been read yet ends as a no-op (events for an ended job change
+        # nothing), and the jobs not loaded yet are found on a later tick.
+        assigned = owned()
+        if assigned:
+            plane.reconcile(assigned)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(_app: Any, revoked: set[TP], **_: Any) -> None:

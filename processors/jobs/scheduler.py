@@ -12,6 +12,7 @@ GPU job still start on the CPU: one busy GPU never stalls the queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -133,7 +134,8 @@ class Scheduler:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._ticker = asyncio.create_task(self._tick())
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick())
 
     async def stop(self) -> None:
         if self._ticker is not None:
@@ -181,6 +183,11 @@ class Scheduler:
 
     def _start(self, job: Job, backend: str, note: str | None) -> None:
         del self._queued[job.job_id]
+        if self._loop is None:
+            # A job can start before start() ran (the reconciler after a restart): replies are read on the
+            # loop that runs us, so take it now — without it the job's result would never be read.
+            with contextlib.suppress(RuntimeError):  # no loop: unit tests feed replies by hand
+                self._loop = asyncio.get_running_loop()
         worker = self.pool.acquire()
         worker.start_job(job.kind, job.command, backend, self.context)
         self._running[job.job_id] = _Running(job, worker, backend, self.clock() + job.timeout_s)

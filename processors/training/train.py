@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 
 from gpu_kernels.forest import Forest, predict, predict_proba
-from processors.backtest_data import DATA_LOADERS, BarPanel, estimated_bars, period_ms
+from processors.backtest_data import BarPanel, check_request, estimated_bars
 from processors.errors import InvalidCommand
 from processors.feature_jobs import feature_set
-from processors.features import interval_ms
 from processors.training.algorithms import Task, get_algorithm, pick_backend
 from processors.training.dataset import build_dataset
 from schemas.records import Label, TrainCommand
@@ -54,18 +53,7 @@ class TrainOutcome:
 def validate(cmd: TrainCommand) -> None:
     """Raises InvalidCommand (a one-line reason) for anything wrong that can be seen without reading data."""
     check_model(cmd)
-    if len(set(cmd.universe)) != len(cmd.universe):
-        raise InvalidCommand("a symbol appears twice in the universe")
-    try:
-        interval_ms(cmd.interval)
-    except ValueError as err:
-        raise InvalidCommand(str(err)) from None
-    period_ms(cmd.start, cmd.end)
-    if cmd.data.source not in DATA_LOADERS:
-        raise InvalidCommand(f"data source {cmd.data.source!r} is not available here "
-                             f"(available: {', '.join(sorted(DATA_LOADERS))})")
-    if cmd.data.source == "parquet" and not cmd.data.path:
-        raise InvalidCommand("data source parquet needs a path")
+    check_request(cmd)
     bars = estimated_bars(cmd)
     if bars * len(cmd.universe) > MAX_CELLS:
         raise InvalidCommand(f"the period holds up to {bars:,} {cmd.interval} bars × {len(cmd.universe)} symbols; "
