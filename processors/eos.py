@@ -95,6 +95,10 @@ class EosProcessor:
         started = time.perf_counter()
         try:
             pending = self._process(batch)
+            if not self.source.is_member():
+                self.sink.abort()
+                raise TransactionAborted("this instance is no longer a group member (evicted): its partitions "
+                                         "belong to another now")
             commit_started = time.perf_counter()
             self.sink.commit(self.source, batch.next_offsets())
             m.COMMIT_SECONDS.labels(self.NAME).observe(time.perf_counter() - commit_started)

@@ -32,6 +32,8 @@ from streams.transactions import TransactionalSink
 
 log = logging.getLogger(__name__)
 NAME = "features"
+# Longer than a transaction can stay open: transaction.timeout.ms plus the coordinator's abort check interval.
+STABLE_OFFSETS_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,9 @@ class FeatureProcessor(EosProcessor):
         mine = sorted(p for topic, p in partitions if topic == self.topics.ticks)
         if not mine:
             return
+        # First the offsets: a dead or frozen owner's transaction may still commit this batch's offsets and
+        # state; restoring before it ends would restore the state it is about to supersede.
+        self.source.wait_for_stable_offsets([(self.topics.ticks, p) for p in mine], STABLE_OFFSETS_TIMEOUT_S)
         restored = self._restore(mine)
         for p in mine:
             self.states[p] = decode_state(self.engine, restored.get(p, {}), self.namespace)

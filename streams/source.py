@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -236,6 +237,36 @@ class BatchSource:
             if (tp.offset if tp.offset >= 0 else low) < high:
                 return False
         return True
+
+    def wait_for_stable_offsets(self, partitions: list[tuple[str, int]], timeout_s: float) -> None:
+        """Returns once no transaction holds an uncommitted offset commit for these partitions.
+
+        A read_committed consumer's committed() waits while a transaction that sent offsets for a partition
+        is still open (KIP-447's stable offsets). A new owner must wait for that before it restores state:
+        a member that was frozen past its session timeout after sending its offsets can still commit that
+        transaction (the coordinator aborts it only after transaction.timeout.ms, checked every
+        transaction.abort.timed.out.transaction.cleanup.interval.ms), and state restored before that commit
+        would miss the batch the offsets move past: its bars would be emitted twice."""
+        if not partitions:
+            return
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._consumer.committed(tps, timeout=min(5.0, max(deadline - time.monotonic(), 0.1)))
+                return
+            except KafkaException as err:
+                kerr: KafkaError = err.args[0]
+                if time.monotonic() >= deadline or kerr.code() != KafkaError._TIMED_OUT:
+                    raise KafkaClientError(
+                        f"committed offsets of {sorted(partitions)} still unstable after {timeout_s:.0f}s "
+                        f"(an open transaction holds them): {kerr.str()}") from None
+                log.info("committed offsets held by an open transaction: waiting for it to end")
+
+    def is_member(self) -> bool:
+        """Whether the consumer is a group member now: one evicted (frozen past its session timeout, say)
+        has no member id until it rejoins, and must not commit a transaction for partitions it lost."""
+        return bool(self._consumer.memberid())
 
     def assignment(self) -> list[tuple[str, int]]:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]

@@ -133,8 +133,11 @@ def test_feature_processor_through_a_zombie_and_fuzz(kafka: KafkaConfig, stack: 
     out_b, _ = b.communicate(timeout=400)
     assert a.returncode == 0, out_a[-3000:]
     assert b.returncode == 0, out_b[-3000:]
-    assert committed_total(kafka, group, f"{prefix}ticks") == total
-    assert_exact(kafka, prefix, extra_dead_letters=fuzz)
+    try:
+        assert committed_total(kafka, group, f"{prefix}ticks") == total
+        assert_exact(kafka, prefix, extra_dead_letters=fuzz)
+    except AssertionError as err:  # both instances' logs say what happened at the takeover
+        raise AssertionError(f"{err}\n--- a (frozen) ---\n{out_a[-4000:]}\n--- b ---\n{out_b[-4000:]}") from None
 
 
 def test_jobs_with_redis_down_and_a_worker_killed(kafka: KafkaConfig, plane_env: Any, tmp_path: Path) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
-from confluent_kafka import Consumer
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from processors.synthetic import MarketSpec, TickGenerator
 from schemas.tick_decoder import TickDecoder
 from schemas.ticks import encode_columns
 from streams.config import KafkaConfig
+from streams.errors import KafkaClientError
 from streams.sink import KafkaSink
 from streams.source import BatchSource
 
@@ -143,3 +146,32 @@ def test_caught_up_knows_partitions_assigned_at_their_end(kafka: KafkaConfig, ma
         assert second.caught_up()
     finally:
         second.close()
+
+
+def test_a_new_owner_waits_for_a_frozen_owners_open_offsets(kafka: KafkaConfig, make_topic: Any,
+                                                            unique: str) -> None:
+    """The ordering the feature processor's takeover relies on: a transaction that sent offsets for a
+    partition and is still open (its owner frozen before commit) holds the next owner's committed-offset
+    read until it ends, so state is restored only after what that transaction commits."""
+    topic = make_topic("ticks", partitions=1)
+    produce_ticks(kafka, topic, 20)
+    group = f"g-{unique}"
+    owner = BatchSource(kafka, group, [topic], max_messages=5, max_wait_s=0.3)
+    frozen = Producer({**kafka.client_config(), "transactional.id": f"tx-{unique}"})
+    try:
+        while not len(owner.next_batch()):
+            pass
+        assert owner.is_member()
+        frozen.init_transactions(30)
+        frozen.begin_transaction()
+        frozen.send_offsets_to_transaction([TopicPartition(topic, 0, 5)], owner.group_metadata(), 30)
+        with pytest.raises(KafkaClientError, match="still unstable"):
+            owner.wait_for_stable_offsets([(topic, 0)], timeout_s=3)
+        threading.Timer(2.0, lambda: frozen.commit_transaction(30)).start()
+        started = time.monotonic()
+        owner.wait_for_stable_offsets([(topic, 0)], timeout_s=30)
+        assert time.monotonic() - started >= 1.5  # it waited for the commit, not for nothing
+        committed = owner._consumer.committed([TopicPartition(topic, 0)], timeout=10)
+        assert committed[0].offset == 5
+    finally:
+        owner.close()
