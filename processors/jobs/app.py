@@ -32,7 +32,7 @@ from confluent_kafka import Producer
 from faust.types import TP
 from prometheus_client import Counter
 
-from processors.jobs import model
+from processors.jobs import faust_driver, model
 from processors.jobs.cache import ResultCache
 from processors.jobs.kinds import KINDS, JobRejected
 from processors.jobs.scheduler import Job, Scheduler
@@ -67,6 +67,32 @@ class PlaneConfig:
     web_port: int = 6066
     commit_interval_s: float = 0.5
     session_timeout_s: float = 10.0  # how long a dead instance's partitions wait before another takes them
+
+
+class JobsTable(faust.Table):
+    """Faust's table, with its changelog writes awaitable.
+
+    Faust sends a table's changelog record through a buffer drained by a background task, and its
+    exactly-once commit does not drain that buffer first: a record still buffered when the offsets of the
+    message that changed it commit lands in the *next* transaction, which only commits when another message
+    arrives, so a plane killed in between would restart with its offsets past the message and without the
+    record it wrote (found by reading Faust's commit path; the restart defect measured in issue 4 was the
+    recovery's end offsets, see `faust_driver`). `written()` waits until every changelog record written while
+    handling the current message is in its transaction, before that message counts as processed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unsent: list[Any] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        fut = super().send_changelog(*args, **kwargs)
+        self._unsent.append(fut)
+        return fut
+
+    async def written(self) -> None:
+        futures, self._unsent = self._unsent, []
+        for fut in futures:
+            await fut
 
 
 def _now_ms() -> int:
@@ -172,6 +198,8 @@ class JobPlane:
         record = fx.record
         if record is not None:
             self.table[key] = record
+            if isinstance(self.table, JobsTable):
+                await self.table.written()
             if record["state"] in model.TERMINAL:
                 self._emitted_end.discard(job_id)
                 self._release_followers(record)
@@ -292,6 +320,8 @@ def build_app(config: PlaneConfig, cache: ResultCache, scheduler_factory: Any) -
         web_in_thread=False,
         producer_max_request_size=4_000_000,
     )
+    # Before anything asks for the default one: topics and agents reach the transport when declared.
+    app.transport = faust_driver.Transport(app.conf.broker_consumer, app)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     t = config.topics
     outputs = sorted({t.status, *t.commands.values(), *t.results.values()})
@@ -301,7 +331,9 @@ def build_app(config: PlaneConfig, cache: ResultCache, scheduler_factory: Any) -
         out[f"dlq.{command_topic}"] = app.topic(dlq, **raw)
     for kind, name in t.results.items():
         out[f"results.{kind}"] = app.topic(name, **raw)
-    table = app.Table("jobs", default=None, partitions=config.partitions, key_type=bytes)
+    table = JobsTable(app, name="jobs", default=None, beacon=app.tables.beacon,
+                      partitions=config.partitions, key_type=bytes)
+    app.tables.add(table)
     plane = JobPlane(config, table, scheduler_factory, cache, out)
 
     @app.agent(source, name=f"{config.app_id}.jobs")
@@ -315,10 +347,9 @@ def build_app(config: PlaneConfig, cache: ResultCache, scheduler_factory: Any) -
 
     @app.timer(interval=1.0)
     async def reconcile() -> None:
-        # No wait for "recovery complete": a flag that is not reliably set after an exactly-once restart
-        # kept jobs from ever running again. Reconciling a table still loading is safe: a job rerun
-        # because its newer record had not been read yet ends as a no-op (events for an ended job change
-        # nothing), and the jobs not loaded yet are found on a later tick.
+        # Only once the table is recovered: a record read before its newer one would run an ended job again.
+        if not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            return
         assigned = owned()
         if assigned:
             plane.reconcile(assigned)

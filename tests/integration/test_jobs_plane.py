@@ -246,10 +246,6 @@ def test_twenty_jobs_rejects_cancel_timeout_repeats_and_cache(kafka: KafkaConfig
         statuses.consumer.close()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known defect, open in issue 4: after a SIGKILL whose transactions had committed the queued/running "
-    "records, the restarted plane sometimes never runs those jobs again (passes when the commands are "
-    "re-read instead); being investigated"))
 def test_plane_killed_mid_job_and_restarted_ends_every_job_exactly_once(kafka: KafkaConfig, plane_env: Any,
                                                                         tmp_path: Path) -> None:
     prefix, env = plane_env
