@@ -10,7 +10,7 @@ export STREAMQUANT_KAFKA_BOOTSTRAP ?= 127.0.0.1:9092
 export STREAMQUANT_REDIS_URL ?= redis://127.0.0.1:6379/0
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock lint schemas up down status demo test test-unit test-integration bench clean helm-check
+.PHONY: help install lock lint schemas up up-secure down status demo test test-unit test-integration bench clean helm-check
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -43,7 +43,10 @@ schemas: $(STAMP) ## Regenerate schemas/json and schemas/avro from the record da
 up: $(STAMP) ## Start the local Kafka (KRaft) broker and Redis, create the topics
 	$(SQ) dev up
 
-down: $(STAMP) ## Stop what `make up` started
+up-secure: $(STAMP) ## Also start a SASL_SSL broker (SCRAM users, ACLs) on 127.0.0.1:9094
+	$(SQ) dev up --secure
+
+down: $(STAMP) ## Stop what `make up` (or `make up-secure`) started
 	$(SQ) dev down
 
 status: $(STAMP) ## Is the local stack answering?

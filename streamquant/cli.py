@@ -17,7 +17,9 @@ from schemas.errors import SchemaError
 from streamquant.devstack import DevStack, DevStackError, ServiceState
 from streamquant.errors import UserError
 from streamquant.kafka_io import admin_client
+from streamquant.secure_stack import SERVICE_PRINCIPALS, acl_plan, apply_acls
 from streamquant.settings import Settings, SettingsError, load_settings
+from streams.config import KafkaConfig
 from streams.errors import StreamsError
 from streams.topics import TopicCatalog, ensure_topics
 
@@ -49,12 +51,25 @@ def _root(
 
 
 @dev_app.command("up")
-def dev_up(ctx: typer.Context) -> None:
+def dev_up(
+    ctx: typer.Context,
+    secure: Annotated[bool, typer.Option("--secure", help="also start a SASL_SSL broker with SCRAM users and ACLs "
+                                         "(settings per principal in .devstack/secure/<principal>.env)")] = False,
+) -> None:
     """Fetch Kafka (once), start the broker and Redis, wait until both answer, create the topics."""
     settings = settings_of(ctx)
     stack = DevStack(settings.dev, settings.redis, progress=lambda m: console.print(f"[dim]•[/] {m}"))
     stack.up()
     _create_topics(settings, quiet_unchanged=True)
+    if secure:
+        stack.up_secure()
+        admin_config = stack.secure_config("admin")
+        _create_topics(settings, quiet_unchanged=True, kafka=admin_config)
+        plan = acl_plan(TopicCatalog(settings.topics.catalog_options()), features_group=settings.features.group,
+                        predictions_group=settings.predictions.group, jobs_app_id=settings.jobs.app_id,
+                        topic_prefix=settings.topics.prefix)
+        count = apply_acls(admin_client(admin_config), plan)
+        console.print(f"[dim]•[/] kafka-secure: {count} ACLs for {', '.join(SERVICE_PRINCIPALS)}")
     _print_status(stack)
 
 
@@ -114,9 +129,9 @@ def topics_list(ctx: typer.Context) -> None:
     console.print(table)
 
 
-def _create_topics(settings: Settings, *, quiet_unchanged: bool) -> bool:
+def _create_topics(settings: Settings, *, quiet_unchanged: bool, kafka: KafkaConfig | None = None) -> bool:
     catalog = TopicCatalog(settings.topics.catalog_options())
-    admin = admin_client(settings.kafka)
+    admin = admin_client(kafka or settings.kafka)
     report = ensure_topics(admin, catalog.specs(), settings.topics.replication_factor)
     for name in report.created:
         console.print(f"[green]created[/] {name}")

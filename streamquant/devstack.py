@@ -18,12 +18,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import redis
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from streamquant.secure_stack import (
+    SECURE_SERVER_PROPERTIES,
+    SecureFiles,
+    SecureSetupError,
+    client_config,
+    ensure_certificates,
+    ensure_credentials,
+    scram_arguments,
+    write_env_files,
+)
 from streamquant.settings import DevSettings, RedisSettings
+from streams.config import KafkaConfig
 
 KAFKA_VERSION = "4.4.0"
 Progress = Callable[[str], None]
@@ -171,41 +183,104 @@ class DevStack:
         return java
 
     def _start_kafka(self) -> None:
-        pid = self._owned_pid("kafka")
-        if pid is not None or port_open(self.dev.kafka_port):
-            self.progress(f"kafka: already running on {self.bootstrap}" + (f" (pid {pid})" if pid else ""))
+        self._start_broker("kafka", self.dev.kafka_port, self.kafka_dir,
+                           SERVER_PROPERTIES.format(kafka_port=self.dev.kafka_port,
+                                                    controller_port=self.dev.controller_port,
+                                                    data_dir=self.data_dir), [])
+
+    def _start_broker(self, name: str, port: int, home: Path, properties: str, format_args: list[str],
+                      hide: tuple[str, ...] = ()) -> None:
+        pid = self._owned_pid(name)
+        if pid is not None or port_open(port):
+            self.progress(f"{name}: already running on 127.0.0.1:{port}" + (f" (pid {pid})" if pid else ""))
             return
         libs = self.fetch_jars()
         java = self._java()
-        props = self.kafka_dir / "server.properties"
-        props.write_text(SERVER_PROPERTIES.format(kafka_port=self.dev.kafka_port,
-                                                  controller_port=self.dev.controller_port,
-                                                  data_dir=self.data_dir))
-        log4j = self.kafka_dir / "log4j2.properties"
+        home.mkdir(parents=True, exist_ok=True)
+        data_dir, log = home / "data", self.logs / f"{name}.log"
+        props = home / "server.properties"
+        fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold a password
+        with os.fdopen(fd, "w") as f:
+            f.write(properties)
+        log4j = home / "log4j2.properties"
         log4j.write_text(LOG4J2_PROPERTIES)
         classpath = f"{libs}/*"
         log_opt = f"-Dlog4j2.configurationFile={log4j}"
-        if not (self.data_dir / "meta.properties").exists():
+        if not (data_dir / "meta.properties").exists():
             cluster_id = new_cluster_id()
-            self.progress(f"kafka: formatting storage (cluster id {cluster_id})")
+            self.progress(f"{name}: formatting storage (cluster id {cluster_id})")
             fmt = subprocess.run(
                 [java, "-cp", classpath, log_opt, "kafka.tools.StorageTool", "format", "--standalone",
-                 f"--cluster-id={cluster_id}", "-c", str(props)],
+                 f"--cluster-id={cluster_id}", "-c", str(props), *format_args],
                 capture_output=True, text=True, check=False,
             )
-            with self.kafka_log.open("a") as f:
-                f.write(fmt.stdout + fmt.stderr)
+            output = fmt.stdout + fmt.stderr
+            for secret in hide:
+                output = output.replace(secret, "***")
+            with log.open("a") as f:
+                f.write(output)
             if fmt.returncode != 0:
-                raise DevStackError(f"formatting Kafka storage failed; see {self.kafka_log}")
+                raise DevStackError(f"formatting Kafka storage failed; see {log}")
         heap = self.dev.heap
-        with self.kafka_log.open("a") as log_file:
+        with log.open("a") as log_file:
             proc = subprocess.Popen(
                 [java, f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true", log_opt,
                  "-cp", classpath, "kafka.Kafka", str(props)],
                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
-        self._write_pid("kafka", proc.pid)
-        self.progress(f"kafka: started (pid {proc.pid}), log {self.kafka_log}")
+        self._write_pid(name, proc.pid)
+        self.progress(f"{name}: started (pid {proc.pid}), log {log}")
+
+    # ------------------------------------------------------------------ the secured broker
+
+    @property
+    def secure_files(self) -> SecureFiles:
+        return SecureFiles(self.home / "secure")
+
+    @property
+    def secure_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.dev.secure_kafka_port}"
+
+    def secure_config(self, principal: str) -> KafkaConfig:
+        files = self.secure_files
+        return client_config(files, self.secure_bootstrap, principal, ensure_credentials(files))
+
+    def up_secure(self) -> None:
+        """The SASL_SSL broker (see `streamquant.secure_stack`), started and answering to `admin`."""
+        files = self.secure_files
+        creds = ensure_credentials(files)
+        try:
+            ensure_certificates(files, creds["_stores"])
+        except SecureSetupError as err:
+            raise DevStackError(str(err)) from None
+        write_env_files(files, self.secure_bootstrap, creds)
+        home = self.home / "kafka-secure"
+        props = SECURE_SERVER_PROPERTIES.format(
+            kafka_port=self.dev.secure_kafka_port, controller_port=self.dev.secure_controller_port,
+            admin_password=creds["admin"], keystore=files.keystore, truststore=files.truststore,
+            store_password=creds["_stores"], data_dir=home / "data")
+        secret_args = scram_arguments(creds)
+        self._start_broker("kafka-secure", self.dev.secure_kafka_port, home, props, secret_args,
+                           hide=tuple(creds.values()))
+        deadline = time.monotonic() + self.dev.start_timeout_s
+        conf: dict[str, Any] = {**self.secure_config("admin").client_config(),
+                                "socket.connection.setup.timeout.ms": 2000, "log_level": 2}
+        admin = AdminClient(conf)
+        log = self.logs / "kafka-secure.log"
+        while True:
+            if self._owned_pid("kafka-secure") is None and not port_open(self.dev.secure_kafka_port):
+                raise DevStackError(f"the secured Kafka broker exited during start; see {log}")
+            try:
+                admin.list_topics(timeout=2)
+                break
+            except KafkaException:
+                pass
+            if time.monotonic() > deadline:
+                raise DevStackError(f"the secured Kafka broker did not answer on {self.secure_bootstrap} within "
+                                    f"{self.dev.start_timeout_s:.0f}s; see {log}")
+            time.sleep(0.5)
+        self.progress(f"kafka-secure: answering on {self.secure_bootstrap} (SASL_SSL, SCRAM-SHA-512); "
+                      f"settings per principal in {files.root}/<principal>.env")
 
     def _start_redis(self) -> None:
         pid = self._owned_pid("redis")
@@ -270,7 +345,7 @@ class DevStack:
     def down(self) -> list[str]:
         """Stops the processes this stack started (by pid file); leaves others alone."""
         stopped = []
-        for name in ("kafka", "redis"):
+        for name in ("kafka", "kafka-secure", "redis"):
             pid = self._owned_pid(name)
             if pid is None:
                 self._pid_file(name).unlink(missing_ok=True)
@@ -287,6 +362,9 @@ class DevStack:
                          self.kafka_log),
             ServiceState("redis", f"127.0.0.1:{self.dev.redis_port}", self._redis_ping(),
                          self._owned_pid("redis"), self.redis_log),
+            *([ServiceState("kafka-secure", self.secure_bootstrap, port_open(self.dev.secure_kafka_port),
+                            self._owned_pid("kafka-secure"), self.logs / "kafka-secure.log")]
+              if self._pid_file("kafka-secure").exists() else []),
         ]
 
     # ------------------------------------------------------------------ pid files
@@ -304,7 +382,7 @@ class DevStack:
             pid = int(path.read_text().strip())
         except (OSError, ValueError):
             return None
-        marker = "kafka.Kafka" if name == "kafka" else "redis-server"
+        marker = "kafka.Kafka" if name.startswith("kafka") else "redis-server"
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             stat = Path(f"/proc/{pid}/stat").read_text()

@@ -6,30 +6,54 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from aiokafka.partitioner import murmur2
-from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.config import KafkaConfig
-from streams.errors import BrokerUnavailable
+from streams.errors import AuthenticationFailed, BrokerUnavailable
 from streams.source import Headers
 
 
 def admin_client(config: KafkaConfig, timeout_s: float = 5.0) -> AdminClient:
     """An admin client, after checking the cluster answers within `timeout_s`."""
     # Quiet: an unreachable broker gets one clear line below instead of librdkafka retry noise.
-    admin = AdminClient({**config.client_config(), "socket.connection.setup.timeout.ms": int(timeout_s * 1000),
-                         "log_level": 2})
-    try:
-        admin.list_topics(timeout=timeout_s)
-    except KafkaException:
+    seen: list[KafkaError] = []
+    conf: dict[str, Any] = {**config.client_config(), "socket.connection.setup.timeout.ms": int(timeout_s * 1000),
+                            "log_level": 2, "error_cb": seen.append}
+    admin = AdminClient(conf)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.list_topics(timeout=min(0.5, max(deadline - time.monotonic(), 0.05)))
+            return admin
+        except KafkaException:
+            admin.poll(0)  # serve error callbacks: a refused login or handshake says more than a timeout
+            check_login(config, seen)
+            if time.monotonic() < deadline:
+                continue
         raise BrokerUnavailable(
             f"cannot reach Kafka at {config.bootstrap} within {timeout_s:.0f}s "
             "(start the local stack with `make up` or set STREAMQUANT_KAFKA_BOOTSTRAP)"
         ) from None
-    return admin
+
+
+def check_login(config: KafkaConfig, errors: list[KafkaError]) -> None:
+    """Raises one clear line when the client's errors show rejected credentials or a failed TLS handshake
+    (never the secret itself)."""
+    for err in errors:
+        if err.code() == KafkaError._AUTHENTICATION:
+            who = f"user {config.sasl_username!r}" if config.sasl_username else "this client"
+            raise AuthenticationFailed(
+                f"Kafka at {config.bootstrap} rejected the login of {who} ({config.security_protocol}"
+                f"{'/' + config.sasl_mechanism if config.sasl_mechanism else ''}): check "
+                "STREAMQUANT_KAFKA_SASL_USERNAME and STREAMQUANT_KAFKA_SASL_PASSWORD")
+        if err.code() == KafkaError._SSL:
+            raise AuthenticationFailed(
+                f"TLS handshake with Kafka at {config.bootstrap} failed ({err.str()}): check "
+                "STREAMQUANT_KAFKA_SSL_CA_LOCATION (the CA that signed the broker's certificate)")
 
 
 def topic_partitions(admin: AdminClient, topic: str, timeout_s: float = 5.0) -> list[int] | None:

@@ -72,6 +72,8 @@ class DevSettings(_Section):
     kafka_port: int = 9092
     controller_port: int = 9093
     redis_port: int = 6379
+    secure_kafka_port: int = Field(default=9094, description="SASL_SSL listener of `dev up --secure`'s broker")
+    secure_controller_port: int = 9095
     heap: str = Field(default="1g", pattern=r"^[0-9]+[mMgG]$")
     start_timeout_s: float = Field(default=90.0, gt=0)
 

@@ -29,3 +29,22 @@ class ProducerFenced(StreamsError):
 
 class DuplicateInstance(StreamsError):
     """Another live instance uses the same transactional id and fenced this one: stop, do not fight it."""
+
+
+class NotAuthorized(StreamsError):
+    """The broker refused an operation for this principal (no ACL grants it): retrying cannot help."""
+
+
+class AuthenticationFailed(StreamsError):
+    """The broker rejected the credentials (SASL) or the TLS handshake failed."""
+
+
+# librdkafka's error codes for a missing ACL (by name: the numeric values differ between local and broker codes).
+AUTHORIZATION_CODES = frozenset({"TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED",
+                                 "CLUSTER_AUTHORIZATION_FAILED", "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
+                                 "DELEGATION_TOKEN_AUTHORIZATION_FAILED"})
+
+
+def is_authorization_error(name: str) -> bool:
+    """Whether a KafkaError's `name()` says an ACL is missing."""
+    return name in AUTHORIZATION_CODES

@@ -11,7 +11,7 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams.config import KafkaConfig
-from streams.errors import KafkaClientError
+from streams.errors import AuthenticationFailed, KafkaClientError, NotAuthorized, is_authorization_error
 from streams.metrics import MESSAGES_CONSUMED
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,7 @@ class BatchSource:
         extra: dict[str, Any] | None = None,
     ) -> None:
         self.max_messages = max_messages
+        self.group_id = group_id
         self._reset_to = OFFSET_BEGINNING if auto_offset_reset in ("earliest", "smallest", "beginning") else OFFSET_END
         self.max_wait_s = max_wait_s
         self._on_assign = on_assign
@@ -156,6 +157,8 @@ class BatchSource:
             raised, self._callback_error = self._callback_error, None
             raise raised
         if self._fatal is not None:
+            if self._fatal.code() == KafkaError._AUTHENTICATION:
+                raise AuthenticationFailed(f"the broker rejected this consumer's login ({self._fatal.str()})")
             raise KafkaClientError(f"consumer failed: {self._fatal.str()}")
         good = []
         for m in messages:
@@ -164,8 +167,10 @@ class BatchSource:
                 good.append(m)
             elif err.code() == KafkaError._PARTITION_EOF:
                 continue
-            elif err.fatal() or err.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED,
-                                                KafkaError.GROUP_AUTHORIZATION_FAILED):
+            elif is_authorization_error(err.name()):
+                raise NotAuthorized(f"not allowed to read {m.topic()} in group {self.group_id} "
+                                    f"({err.name()}): this principal needs READ ACLs on both")
+            elif err.fatal():
                 raise KafkaClientError(f"consumer failed: {err.str()}")
             else:
                 log.warning("consume error (retried by the client): %s", err.str())
@@ -281,7 +286,7 @@ class BatchSource:
     # -- client callbacks
 
     def _on_error(self, err: KafkaError) -> None:
-        if err.fatal():
+        if err.fatal() or err.code() == KafkaError._AUTHENTICATION:  # a refused login does not heal by retrying
             self._fatal = err
         elif err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
             log.warning("broker connection: %s", err.str())

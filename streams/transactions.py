@@ -19,7 +19,15 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 
 from streams.config import KafkaConfig
 from streams.dlq import H_ERROR_CLASS, DeadLetter
-from streams.errors import DuplicateInstance, KafkaClientError, ProducerFenced, TransactionAborted
+from streams.errors import (
+    AUTHORIZATION_CODES,
+    DuplicateInstance,
+    KafkaClientError,
+    NotAuthorized,
+    ProducerFenced,
+    TransactionAborted,
+    is_authorization_error,
+)
 from streams.metrics import DEAD_LETTERS, MESSAGES_PRODUCED
 from streams.source import BatchSource, Headers
 
@@ -140,6 +148,13 @@ class TransactionalSink:
         raise KafkaClientError(f"{what}: {kerr.str()}")
 
     def _raise_fatal(self, kerr: KafkaError, what: str) -> None:
+        denied = [f for f in self._failed if any(code in f for code in AUTHORIZATION_CODES)]
+        if is_authorization_error(kerr.name()) or denied:
+            detail = denied[0] if denied else kerr.str()
+            writing = f" (writing {', '.join(sorted(self._written))})" if self._written else ""
+            raise NotAuthorized(f"{what} as {self.transactional_id}{writing} was refused by the broker's ACLs "
+                                f"({detail}): this principal needs WRITE on its output topics and on its "
+                                "transactional id")
         if kerr.code() in (KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
                            KafkaError._FENCED):
             raise DuplicateInstance(
@@ -150,4 +165,4 @@ class TransactionalSink:
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self._failed.append(f"{msg.topic()}: {err.str()}")
+            self._failed.append(f"{msg.topic()}: {err.name()}: {err.str()}")

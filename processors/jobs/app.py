@@ -27,11 +27,13 @@ from typing import Any
 import faust
 import msgspec
 import orjson
+from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 from confluent_kafka import Producer
 from faust.types import TP
 from prometheus_client import Counter
 
+from processors.errors import ProcessorError
 from processors.jobs import faust_driver, model
 from processors.jobs.cache import ResultCache
 from processors.jobs.kinds import KINDS, JobRejected
@@ -386,6 +388,22 @@ def build_app(config: PlaneConfig, cache: ResultCache, scheduler_factory: Any) -
 
 
 def _credentials(kafka: KafkaConfig) -> Any:
+    """The plane's Kafka settings in Faust's terms (aiokafka underneath): TLS from the CA, certificate and key
+    files, SASL from the mechanism, user and password; the same settings as every librdkafka client."""
     if kafka.security_protocol == "PLAINTEXT":
         return None
-    raise NotImplementedError(f"the job plane does not support security protocol {kafka.security_protocol} yet")
+    ssl_context = None
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        ssl_context = create_ssl_context(
+            cafile=kafka.ssl_ca_location, certfile=kafka.ssl_certificate_location, keyfile=kafka.ssl_key_location,
+            password=kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None)
+        if kafka.ssl_endpoint_identification_algorithm == "none":
+            ssl_context.check_hostname = False
+    if kafka.security_protocol == "SSL":
+        return faust.SSLCredentials(ssl_context)
+    if kafka.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        raise ProcessorError(f"the job plane supports SASL mechanisms PLAIN and SCRAM-SHA-256/512, not "
+                             f"{kafka.sasl_mechanism}")
+    return faust.SASLCredentials(username=kafka.sasl_username,
+                                 password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+                                 mechanism=kafka.sasl_mechanism, ssl_context=ssl_context)
