@@ -36,6 +36,8 @@ class EosProcessor:
         self._sink_factory = sink_factory
         self._idle_since = time.monotonic()
         self._aborts_in_a_row = 0
+        self._deferred: list[tuple[Any, float]] = []  # counts of the open transaction (see `after_commit`)
+        self._lag_reported = 0.0
         # The sink first: initialising it aborts whatever a dead predecessor left open, which would otherwise
         # hold back read_committed reads of what it wrote (a restore, say).
         self.sink = sink_factory()
@@ -61,6 +63,17 @@ class EosProcessor:
 
     def _rebuild(self) -> None:
         """After a fatal producer error: state to rebuild from committed data before going on."""
+
+    def after_commit(self, counter: Any, amount: float) -> None:
+        """Adds `amount` to a Prometheus counter once the current batch's transaction is committed, never
+        for an aborted one: a re-read batch would otherwise count its late ticks and outputs twice."""
+        if amount:
+            self._deferred.append((counter, amount))
+
+    def _report_lag(self) -> None:
+        self._lag_reported = time.monotonic()
+        for (_topic, p), lag in self.source.lag().items():
+            m.CONSUMER_LAG.labels(self.NAME, str(p)).set(lag)
 
     def _on_revoked(self, partitions: Partitions) -> None:
         # The new owner reports these partitions' lag from now on; a value left here would never change again.
@@ -91,8 +104,11 @@ class EosProcessor:
             return 0
         batch = self.source.next_batch()
         if not len(batch):
+            if time.monotonic() - self._lag_reported >= 1.0:  # an idle consumer's lag falls to 0 here too
+                self._report_lag()
             return 0
         started = time.perf_counter()
+        self._deferred = []
         try:
             pending = self._process(batch)
             if not self.source.is_member():
@@ -119,11 +135,13 @@ class EosProcessor:
             return 0
         self._aborts_in_a_row = 0
         self._committed(batch, pending)
+        deferred, self._deferred = self._deferred, []
+        for counter, amount in deferred:
+            counter.inc(amount)
         m.BATCHES.labels(self.NAME).inc()
         m.BATCH_SIZE.labels(self.NAME).observe(len(batch))
         m.BATCH_SECONDS.labels(self.NAME).observe(time.perf_counter() - started)
-        for (_topic, p), lag in self.source.lag().items():
-            m.CONSUMER_LAG.labels(self.NAME, str(p)).set(lag)
+        self._report_lag()
         return len(batch)
 
     def close(self) -> None:

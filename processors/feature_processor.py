@@ -102,7 +102,7 @@ class FeatureProcessor(EosProcessor):
             for idx, reason in zip(late_rows.tolist(), out.late_reason, strict=True):
                 letter = dead_letter(batch, idx, error_class="late", reason=reason, processor=NAME, dlq_topic=t.late)
                 self.sink.write(letter.topic, letter.key, letter.value, letter.headers)
-            m.LATE_TICKS.inc(len(late_rows))
+            self.after_commit(m.LATE_TICKS, len(late_rows))
             records = encode_symbols(self.engine, new_state, sorted(out.touched), self.namespace)
             records.append(encode_partition(self.engine, new_state, self.namespace))
             for key, value in records:
@@ -130,7 +130,7 @@ class FeatureProcessor(EosProcessor):
                                                            "values": values}))
             if self.online_store is not None:
                 self._latest[(symbol, c.interval)] = (ts, values)
-        m.BARS_OUT.labels(c.interval).inc(len(c))
+        self.after_commit(m.BARS_OUT.labels(c.interval), len(c))
 
     # ------------------------------------------------------------------ rebalance and recovery
 

@@ -129,25 +129,28 @@ class PredictionProcessor(EosProcessor):
         keys: list[bytes] = []
         rows: list[list[float]] = []
         heads: list[tuple[str, int]] = []
+        skipped: dict[str, int] = {}
         for i, value in enumerate(batch.values):
             try:
                 vector = CODEC.decode(value)  # type: ignore[arg-type]  # None (a tombstone) is rejected there
             except InvalidMessage as err:
                 letter = dead_letter(batch, i, error_class=err.error_class, reason=err.reason, processor=NAME,
                                      dlq_topic=t.dlq)
-                self.sink.write(letter.topic, letter.key, letter.value, letter.headers)
-                SKIPPED.labels("undecodable").inc()
+                self.sink.write_dead_letters([letter])
+                skipped["undecodable"] = skipped.get("undecodable", 0) + 1
                 continue
             if vector.interval != self.interval:
-                SKIPPED.labels("other_interval").inc()
+                skipped["other_interval"] = skipped.get("other_interval", 0) + 1
                 continue
             values = [vector.values.get(n) for n in names]
             if any(v is None or not math.isfinite(v) for v in values):
-                SKIPPED.labels("missing_feature").inc()
+                skipped["missing_feature"] = skipped.get("missing_feature", 0) + 1
                 continue
             rows.append(values)  # type: ignore[arg-type]
             heads.append((vector.symbol, vector.ts))
             keys.append(vector.symbol.encode())
+        for reason, n in skipped.items():
+            self.after_commit(SKIPPED.labels(reason), n)
         if not rows:
             return
         v = self.version
@@ -155,7 +158,7 @@ class PredictionProcessor(EosProcessor):
             self.sink.write(t.predictions, key, orjson.dumps({
                 "symbol": symbol, "interval": self.interval, "ts": ts, "model": v.model, "version": v.version,
                 "probability": p, "signal": self.thresholds.signal(p)}))
-        PREDICTIONS.labels(v.model, str(v.version)).inc(len(rows))
+        self.after_commit(PREDICTIONS.labels(v.model, str(v.version)), len(rows))
 
     def _committed(self, batch: MessageBatch, pending: Any) -> None:
         newest = int(batch.timestamps.max())

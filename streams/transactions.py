@@ -64,11 +64,13 @@ class TransactionalSink:
         self._call(lambda: self._producer.init_transactions(self._timeout_s), "init_transactions")
         self._open = False
         self._written: dict[str, int] = {}
+        self._dead: dict[tuple[str, str], int] = {}
 
     def begin(self) -> None:
         self._call(self._producer.begin_transaction, "begin_transaction")
         self._open = True
         self._written = {}
+        self._dead = {}
 
     def write(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None,
               partition: int | None = None) -> None:
@@ -88,8 +90,9 @@ class TransactionalSink:
     def write_dead_letters(self, letters: Iterable[DeadLetter]) -> None:
         for letter in letters:
             self.write(letter.topic, letter.key, letter.value, letter.headers)
-            error_class = next((v for k, v in letter.headers if k == H_ERROR_CLASS), b"") or b""
-            DEAD_LETTERS.labels(letter.topic.removesuffix(".dlq"), error_class.decode()).inc()
+            error_class = (next((v for k, v in letter.headers if k == H_ERROR_CLASS), b"") or b"").decode()
+            key = (letter.topic.removesuffix(".dlq"), error_class)
+            self._dead[key] = self._dead.get(key, 0) + 1  # counted when committed: an aborted batch is re-read
 
     def commit(self, source: BatchSource, offsets: dict[tuple[str, int], int]) -> None:
         """Adds the input offsets to the transaction and commits it."""
@@ -105,6 +108,8 @@ class TransactionalSink:
             raise KafkaClientError(f"{len(failed)} messages failed in a committed transaction: {failed[0]}")
         for topic, count in self._written.items():
             MESSAGES_PRODUCED.labels(topic).inc(count)
+        for (origin, error_class), count in self._dead.items():
+            DEAD_LETTERS.labels(origin, error_class).inc(count)
 
     def abort(self) -> None:
         """Aborts the open transaction (retrying retriable errors); it stays open if the abort fails."""

@@ -42,6 +42,7 @@ from schemas.codec import InvalidMessage, RecordCodec
 from schemas.records import JOB_ID_PATTERN, CancelCommand
 from streams.config import KafkaConfig
 from streams.dlq import H_ERROR_CLASS, H_OFFSET, H_PARTITION, H_PROCESSOR, H_REASON, H_TIME, H_TOPIC
+from streams.metrics import DEAD_LETTERS
 
 log = logging.getLogger(__name__)
 NAME = "jobs"
@@ -227,6 +228,9 @@ class JobPlane:
                 (H_PROCESSOR, NAME.encode()), (H_TIME, str(_now_ms()).encode())]
         dlq = self.out[f"dlq.{topic}"]
         await dlq.send(key=key, value=value, headers=[*(headers or []), *ours], partition=partition)
+        # Counted when sent: Faust gives no hook at its commit, so a message re-read after an aborted
+        # transaction (a crash between send and commit) is counted again.
+        DEAD_LETTERS.labels(topic, error_class).inc()
 
     def _enqueue(self, record: model.Record, partition: int, attempt: int) -> None:
         cmd = record["command"]
