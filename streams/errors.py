@@ -27,6 +27,10 @@ class ProducerFenced(StreamsError):
     """The transactional producer hit a fatal error: recreate it (and restore state) to go on."""
 
 
+class ProducerStalled(ProducerFenced):
+    """A transactional call outlived its timeout (a client bug after a broker restart): replace the producer."""
+
+
 class DuplicateInstance(StreamsError):
     """Another live instance uses the same transactional id and fenced this one: stop, do not fight it."""
 

@@ -132,6 +132,7 @@ class BatchSource:
             **(extra or {}),
         }
         self._fatal: KafkaError | None = None
+        self._warned_at = 0.0
         self._callback_error: BaseException | None = None
         self._consumer = Consumer(conf)
         self._topics = list(topics)
@@ -289,7 +290,10 @@ class BatchSource:
         if err.fatal() or err.code() == KafkaError._AUTHENTICATION:  # a refused login does not heal by retrying
             self._fatal = err
         elif err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
-            log.warning("broker connection: %s", err.str())
+            now = time.monotonic()
+            if now - self._warned_at >= 5.0:  # librdkafka retries every few ms: one line per 5 s is enough
+                self._warned_at = now
+                log.warning("broker connection: %s", err.str())
 
     # An exception in a rebalance callback is kept and re-raised by next_batch, which drops that consume()'s
     # messages with it: such an error is fatal for the processor (it stops, and restarts from committed

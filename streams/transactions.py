@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
@@ -25,6 +26,7 @@ from streams.errors import (
     KafkaClientError,
     NotAuthorized,
     ProducerFenced,
+    ProducerStalled,
     TransactionAborted,
     is_authorization_error,
 )
@@ -32,6 +34,7 @@ from streams.metrics import DEAD_LETTERS, MESSAGES_PRODUCED
 from streams.source import BatchSource, Headers
 
 log = logging.getLogger(__name__)
+STALL_MARGIN_S = 10.0  # past a call's own timeout before its producer counts as stalled
 T = TypeVar("T")
 
 
@@ -60,6 +63,9 @@ class TransactionalSink:
             **(extra or {}),
         }
         self._producer = Producer(conf)
+        self._stalled = False
+        self._transaction_timeout_ms = transaction_timeout_ms
+        self._began = time.monotonic()
         # Fences any earlier producer with this id and aborts the transaction it left open.
         self._call(lambda: self._producer.init_transactions(self._timeout_s), "init_transactions")
         self._open = False
@@ -68,6 +74,7 @@ class TransactionalSink:
 
     def begin(self) -> None:
         self._call(self._producer.begin_transaction, "begin_transaction")
+        self._began = time.monotonic()
         self._open = True
         self._written = {}
         self._dead = {}
@@ -120,6 +127,9 @@ class TransactionalSink:
         self._failed = []
 
     def close(self) -> None:
+        if self._stalled:  # a call still blocks inside it: touching it again would block too
+            log.warning("abandoning the stalled producer %s (its successor fences it)", self.transactional_id)
+            return
         if self._open:
             # Closing after a failure: whatever was open is abandoned (the broker aborts it on timeout).
             with contextlib.suppress(ProducerFenced, KafkaException):
@@ -132,7 +142,7 @@ class TransactionalSink:
         deadline = time.monotonic() + self._timeout_s * 2
         while True:
             try:
-                return fn()
+                return self._bounded(fn, what)
             except KafkaException as err:
                 kerr: KafkaError = err.args[0]
                 if kerr.retriable() and time.monotonic() < deadline:
@@ -143,6 +153,34 @@ class TransactionalSink:
                     self._raise_fatal(kerr, what)
                     raise KafkaClientError(f"{what}: {kerr.str()}") from None
                 self._raise(kerr, what)
+
+    def _bounded(self, fn: Callable[[], T], what: str) -> T:
+        """Runs a transactional call, giving up on it when it outlives its own timeout.
+
+        librdkafka's coordinator requests can ignore their timeout: after a broker restart,
+        send_offsets_to_transaction was measured blocking for minutes (librdkafka issues #5456 and #5511).
+        The call runs on a daemon thread; past the timeout and a margin the producer is declared stalled and
+        abandoned (ProducerStalled): the processor makes a new one, whose init_transactions fences this one
+        and aborts its transaction, and restores its state from committed data."""
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as err:  # handed to the caller as it is
+                box["error"] = err
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"txn-{what}", daemon=True).start()
+        if not done.wait(self._timeout_s + STALL_MARGIN_S):
+            self._stalled = True
+            raise ProducerStalled(f"{what} for {self.transactional_id} did not return within "
+                                  f"{self._timeout_s + STALL_MARGIN_S:.0f}s: replacing the producer")
+        if "error" in box:
+            raise box["error"]
+        return cast(T, box["value"])
 
     def _raise(self, kerr: KafkaError, what: str) -> Any:
         self._raise_fatal(kerr, what)
@@ -162,6 +200,12 @@ class TransactionalSink:
                                 "transactional id")
         if kerr.code() in (KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
                            KafkaError._FENCED):
+            open_s = time.monotonic() - self._began
+            if self._open and open_s * 1000 >= self._transaction_timeout_ms:
+                # Our own transaction outlived transaction.timeout.ms (the broker was away, say): the
+                # coordinator aborted it and bumped the epoch. Not another instance: start over.
+                raise ProducerFenced(f"{what} for {self.transactional_id}: the transaction was open {open_s:.0f}s, "
+                                     f"past transaction.timeout.ms, and the broker aborted it ({kerr.str()})")
             raise DuplicateInstance(
                 f"transactional id {self.transactional_id} was fenced ({kerr.str()}): another instance uses it "
                 "(give every instance its own features.instance_id), or a batch outlived transaction.timeout.ms")

@@ -3,9 +3,8 @@
 1. Feature processor: one instance frozen (SIGSTOP) past its session timeout while a second takes over,
    then resumed (a zombie: its transactions must not land); 10,000 fuzzed bad messages mixed into the tick
    stream. Outputs must equal the offline computation exactly, with every bad message in the DLQ.
-   (The broker killed mid-transaction is not here yet: it stalls the processor — see the README's
-   reliability section.)
-2. Job plane: Redis stopped while jobs run (the cache's L3 fails, counted; jobs still finish); a job
+2. Feature processor: the broker SIGKILLed mid-stream and restarted; outputs exact again.
+3. Job plane: Redis stopped while jobs run (the cache's L3 fails, counted; jobs still finish); a job
    worker process killed mid-job (its job ends `failed` with the reason); every accepted job terminal.
 
 These need the stack started by `streamquant dev up` (they stop and restart its processes by pid file).
@@ -138,6 +137,32 @@ def test_feature_processor_through_a_zombie_and_fuzz(kafka: KafkaConfig, stack: 
         assert_exact(kafka, prefix, extra_dead_letters=fuzz)
     except AssertionError as err:  # both instances' logs say what happened at the takeover
         raise AssertionError(f"{err}\n--- a (frozen) ---\n{out_a[-4000:]}\n--- b ---\n{out_b[-4000:]}") from None
+
+
+def test_feature_processor_through_a_broker_killed_mid_stream(kafka: KafkaConfig, stack: Any) -> None:
+    """The broker SIGKILLed while the processor commits batches, restarted a few seconds later. The open
+    transaction is lost with it; the processor must get going again by itself (librdkafka's
+    send_offsets_to_transaction can block past its timeout after a broker restart: the sink replaces a
+    stalled producer) and the outputs must still equal the offline computation exactly."""
+    prefix, env = stack
+    produce_stream(kafka, f"{prefix}ticks", 40_000)
+    total = 40_000 + len(BAD)
+    group = env["STREAMQUANT_FEATURES_GROUP"]
+    proc = start(env, "a", idle_s=20)
+    deadline = time.monotonic() + 180
+    while committed_total(kafka, group, f"{prefix}ticks") < 0.2 * total:
+        assert proc.poll() is None and time.monotonic() < deadline, "no progress"
+        time.sleep(0.05)
+    os.kill(owned_pid("kafka"), signal.SIGKILL)
+    time.sleep(3)
+    restart_stack()
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-3000:]
+    try:
+        assert committed_total(kafka, group, f"{prefix}ticks") == total
+        assert_exact(kafka, prefix)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n--- processor ---\n{out[-4000:]}") from None
 
 
 def test_jobs_with_redis_down_and_a_worker_killed(kafka: KafkaConfig, plane_env: Any, tmp_path: Path) -> None:
