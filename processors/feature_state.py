@@ -72,14 +72,28 @@ def encode_symbols(engine: FeatureEngine, state: PartitionState, symbols: Iterab
             for sym in symbols]
 
 
-def encode_partition(engine: FeatureEngine, state: PartitionState, namespace: str) -> tuple[bytes, bytes]:
+def encode_partition(engine: FeatureEngine, state: PartitionState, namespace: str,
+                     input_offset: int | None = None) -> tuple[bytes, bytes]:
+    """The partition's record; `input_offset` is the input offset committed in the same transaction, so a
+    restore can tell whether it read the changelog as far as the committed offsets say it must."""
     record = {
         "v": LAYOUT,
+        "offset": input_offset,
         "config": fingerprint(engine.config),
         "max_ts": {iv: int(state.bars[iv].max_ts) for iv in engine.config.intervals},
         "next_seq": {iv: int(state.bars[iv].next_seq) for iv in engine.config.intervals},
     }
     return state_key(namespace, PARTITION), msgspec.msgpack.encode(record)
+
+
+def recorded_offset(records: dict[bytes, bytes | None], namespace: str) -> int | None:
+    """The input offset the newest partition record was committed with (None: no record, or one written
+    before records carried it)."""
+    part = records.get(state_key(namespace, PARTITION))
+    if part is None:
+        return None
+    offset = msgspec.msgpack.decode(part).get("offset")
+    return int(offset) if offset is not None else None
 
 
 def decode_state(engine: FeatureEngine, records: dict[bytes, bytes | None], namespace: str) -> PartitionState:

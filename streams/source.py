@@ -244,7 +244,8 @@ class BatchSource:
                 return False
         return True
 
-    def wait_for_stable_offsets(self, partitions: list[tuple[str, int]], timeout_s: float) -> None:
+    def wait_for_stable_offsets(self, partitions: list[tuple[str, int]], timeout_s: float
+                                ) -> dict[tuple[str, int], int]:
         """Returns once no transaction holds an uncommitted offset commit for these partitions.
 
         A read_committed consumer's committed() waits while a transaction that sent offsets for a partition
@@ -252,15 +253,16 @@ class BatchSource:
         a member that was frozen past its session timeout after sending its offsets can still commit that
         transaction (the coordinator aborts it only after transaction.timeout.ms, checked every
         transaction.abort.timed.out.transaction.cleanup.interval.ms), and state restored before that commit
-        would miss the batch the offsets move past: its bars would be emitted twice."""
+        would miss the batch the offsets move past: its bars would be emitted twice. Returns the committed
+        offsets (negative where none)."""
         if not partitions:
-            return
+            return {}
         tps = [TopicPartition(t, p) for t, p in partitions]
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                self._consumer.committed(tps, timeout=min(5.0, max(deadline - time.monotonic(), 0.1)))
-                return
+                got = self._consumer.committed(tps, timeout=min(5.0, max(deadline - time.monotonic(), 0.1)))
+                return {(tp.topic, tp.partition): tp.offset for tp in got}
             except KafkaException as err:
                 kerr: KafkaError = err.args[0]
                 if time.monotonic() >= deadline or kerr.code() != KafkaError._TIMED_OUT:
