@@ -26,6 +26,7 @@ from confluent_kafka.admin import AdminClient
 
 from streamquant.secure_stack import (
     SECURE_SERVER_PROPERTIES,
+    SINGLE_NODE_PROPERTIES,
     SecureFiles,
     SecureSetupError,
     client_config,
@@ -64,19 +65,7 @@ advertised.listeners=PLAINTEXT://127.0.0.1:{kafka_port},CONTROLLER://127.0.0.1:{
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs={data_dir}
-num.partitions=1
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=10
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=10
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
-log.retention.check.interval.ms=60000
-"""
+""" + SINGLE_NODE_PROPERTIES
 
 LOG4J2_PROPERTIES = """\
 # Written by `streamquant dev up`: broker logs to the console, which the stack sends to a file.
@@ -262,23 +251,8 @@ class DevStack:
         secret_args = scram_arguments(creds)
         self._start_broker("kafka-secure", self.dev.secure_kafka_port, home, props, secret_args,
                            hide=tuple(creds.values()))
-        deadline = time.monotonic() + self.dev.start_timeout_s
-        conf: dict[str, Any] = {**self.secure_config("admin").client_config(),
-                                "socket.connection.setup.timeout.ms": 2000, "log_level": 2}
-        admin = AdminClient(conf)
-        log = self.logs / "kafka-secure.log"
-        while True:
-            if self._owned_pid("kafka-secure") is None and not port_open(self.dev.secure_kafka_port):
-                raise DevStackError(f"the secured Kafka broker exited during start; see {log}")
-            try:
-                admin.list_topics(timeout=2)
-                break
-            except KafkaException:
-                pass
-            if time.monotonic() > deadline:
-                raise DevStackError(f"the secured Kafka broker did not answer on {self.secure_bootstrap} within "
-                                    f"{self.dev.start_timeout_s:.0f}s; see {log}")
-            time.sleep(0.5)
+        self._wait_broker("kafka-secure", self.dev.secure_kafka_port, self.secure_config("admin").client_config(),
+                          time.monotonic() + self.dev.start_timeout_s, announce=False)
         self.progress(f"kafka-secure: answering on {self.secure_bootstrap} (SASL_SSL, SCRAM-SHA-512); "
                       f"settings per principal in {files.root}/<principal>.env")
 
@@ -301,21 +275,26 @@ class DevStack:
         self.progress(f"redis: started (pid {proc.pid}), log {self.redis_log}")
 
     def _wait_kafka(self, deadline: float) -> None:
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.connection.setup.timeout.ms": 2000,
-                             "log_level": 2})  # refused connections are expected while it starts
+        self._wait_broker("kafka", self.dev.kafka_port, {"bootstrap.servers": self.bootstrap}, deadline)
+
+    def _wait_broker(self, name: str, port: int, client: dict[str, Any], deadline: float,
+                     announce: bool = True) -> None:
+        # Quiet: refused connections are expected while it starts.
+        admin = AdminClient({**client, "socket.connection.setup.timeout.ms": 2000, "log_level": 2})
+        log = self.logs / f"{name}.log"
         while True:
-            pid = self._owned_pid("kafka")
-            if pid is None and not port_open(self.dev.kafka_port):
-                raise DevStackError(f"the Kafka broker exited during start; see {self.kafka_log}")
+            if self._owned_pid(name) is None and not port_open(port):
+                raise DevStackError(f"the {name} broker exited during start; see {log}")
             try:
                 admin.list_topics(timeout=2)
-                self.progress(f"kafka: answering on {self.bootstrap}")
+                if announce:
+                    self.progress(f"{name}: answering on 127.0.0.1:{port}")
                 return
             except KafkaException:
                 pass
             if time.monotonic() > deadline:
-                raise DevStackError(f"the Kafka broker did not answer on {self.bootstrap} within "
-                                    f"{self.dev.start_timeout_s:.0f}s; see {self.kafka_log}")
+                raise DevStackError(f"the {name} broker did not answer on 127.0.0.1:{port} within "
+                                    f"{self.dev.start_timeout_s:.0f}s; see {log}")
             time.sleep(0.5)
 
     def _wait_redis(self, deadline: float) -> None:

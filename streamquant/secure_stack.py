@@ -45,6 +45,22 @@ from streams.topics import TopicCatalog
 PRINCIPALS = ("admin", "features", "predictions", "jobs", "client")
 SERVICE_PRINCIPALS = PRINCIPALS[1:]
 
+# What every single-node dev broker sets, plain or secured (replication factors of 1, no auto-created topics).
+SINGLE_NODE_PROPERTIES = """\
+log.dirs={data_dir}
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=10
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+log.retention.check.interval.ms=60000
+"""
+
 SECURE_SERVER_PROPERTIES = """\
 # Written by `streamquant dev up --secure`: single-node KRaft, SASL_SSL + SCRAM-SHA-512, ACLs.
 process.roles=broker,controller
@@ -71,18 +87,7 @@ ssl.principal.mapping.rules=RULE:^CN=([^,]+)$/$1/,DEFAULT
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=User:admin;User:broker
 allow.everyone.if.no.acl.found=false
-log.dirs={data_dir}
-num.partitions=1
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=10
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=10
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
-"""
+""" + SINGLE_NODE_PROPERTIES
 
 
 class SecureSetupError(Exception):
