@@ -183,12 +183,29 @@ class TransactionalSink:
         return cast(T, box["value"])
 
     def _raise(self, kerr: KafkaError, what: str) -> Any:
+        kerr = self._background_error(kerr)
         self._raise_fatal(kerr, what)
         # Once a transaction needs aborting, librdkafka refuses further produce() calls with _STATE.
         if kerr.txn_requires_abort() or (self._open and kerr.code() == KafkaError._STATE):
             self.abort()  # may itself raise (fatal): that error wins
             raise TransactionAborted(f"{what}: {kerr.str()}")
         raise KafkaClientError(f"{what}: {kerr.str()}")
+
+    def _background_error(self, kerr: KafkaError) -> KafkaError:
+        """The error that failed the transaction in the background, where a call racing it saw only _STATE.
+
+        librdkafka fails a transaction asynchronously (an AddPartitionsToTxn refused by the ACLs, say); a
+        send_offsets_to_transaction already under way then fails with "Erroneous state", not with the cause
+        (measured: a principal without WRITE on its outputs got _STATE in one CI run, the ACL error in others).
+        In a failed state begin_transaction() returns the state's own error and changes nothing."""
+        if kerr.code() != KafkaError._STATE or not self._open:
+            return kerr
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as err:
+            cause: KafkaError = err.args[0]
+            return kerr if cause.code() == KafkaError._STATE else cause
+        return kerr  # the producer had no transaction open: it has one now, which abort() ends
 
     def _raise_fatal(self, kerr: KafkaError, what: str) -> None:
         denied = [f for f in self._failed if any(code in f for code in AUTHORIZATION_CODES)]
