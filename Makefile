@@ -10,7 +10,7 @@ export STREAMQUANT_KAFKA_BOOTSTRAP ?= 127.0.0.1:9092
 export STREAMQUANT_REDIS_URL ?= redis://127.0.0.1:6379/0
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock lint schemas up up-secure down status demo test test-unit test-integration bench clean helm-check
+.PHONY: help install lock lint schemas up up-secure down status demo test test-unit test-integration bench clean helm-check gpu-check
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -89,6 +89,13 @@ bench: $(STAMP) $(BENCH_VENV)/.installed ## All benchmarks (the stream ones need
 	$(BIN)/python -m bench.backtest_vs_vectorbt
 	$(BIN)/python -m bench.features_stream
 	$(BIN)/python -m bench.features_latency
+
+GPU_PYTHON ?= $(BIN)/python
+gpu-check: ## With an NVIDIA GPU and CuPy (no network): the GPU parity tests, then the GPU kernel benchmark
+	$(GPU_PYTHON) -c "import cupy, sys; sys.exit(0 if cupy.cuda.runtime.getDeviceCount() > 0 else 'error: no CUDA device is visible')"
+	$(GPU_PYTHON) -m pytest -q -rs -p no:cacheprovider tests/unit/test_cuda_source.py tests/unit/test_feature_backend.py \
+		tests/unit/test_backtest_engine.py tests/unit/test_forest.py
+	$(GPU_PYTHON) -m bench.kernels_gpu
 
 clean: ## Remove caches (keeps .venv and the Kafka jar cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis

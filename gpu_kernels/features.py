@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -106,36 +107,63 @@ class FeatureSet:
             return state
         extra = slots - state.slots
         return FeatureState(
-            counts=tuple(np.concatenate((c, np.zeros(extra, np.int64))) for c in state.counts),
-            vals=tuple(np.concatenate((v, np.zeros((extra, v.shape[1])))) for v in state.vals),
+            counts=tuple(_xp(c).concatenate((c, _xp(c).zeros(extra, np.int64))) for c in state.counts),
+            vals=tuple(_xp(v).concatenate((v, _xp(v).zeros((extra, v.shape[1])))) for v in state.vals),
         )
 
-    def compute(self, state: FeatureState, seg_slot: np.ndarray, seg_lo: np.ndarray, seg_hi: np.ndarray,
-                high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray
-                ) -> tuple[dict[str, np.ndarray], FeatureState]:
-        """Columns for every row of the segments, and the state after them."""
+    def compute(self, state: FeatureState, seg_slot: Any, seg_lo: Any, seg_hi: Any, high: Any, low: Any,
+                close: Any, volume: Any, kernels: Any = None) -> tuple[dict[str, Any], FeatureState]:
+        """Columns for every row of the segments, and the state after them.
+
+        On the array module of `close`: NumPy arrays run the CPU kernels (`gpu_kernels.indicators`), CuPy
+        arrays the GPU ones (`gpu_kernels.cuda_indicators`), with the state moved to the device. `kernels`
+        names another implementation with the same functions (the tests pass the CUDA source built for
+        the host)."""
+        xp = _xp(close)
+        if kernels is None:
+            kernels = ind if xp is np else _gpu_kernels()
         rows = len(close)
-        seg_slot = np.asarray(seg_slot, np.int64)
-        seg_lo = np.asarray(seg_lo, np.int64)
-        seg_hi = np.asarray(seg_hi, np.int64)
+        seg_slot = xp.asarray(seg_slot, dtype=np.int64)
+        seg_lo = xp.asarray(seg_lo, dtype=np.int64)
+        seg_hi = xp.asarray(seg_hi, dtype=np.int64)
         if len(seg_slot) and int(seg_slot.max()) >= state.slots:
             state = self.grow(state, int(seg_slot.max()) + 1)
-        counts_out = [c.copy() for c in state.counts]
-        vals_out = [v.copy() for v in state.vals]
-        columns = [_alloc(g, rows) for g in self._groups]
-        # Every group over one window of rows at a time, so the inputs stay in cache across the groups
+        counts_out = [xp.array(c) for c in state.counts]  # copies: the caller's state stays as it was
+        vals_out = [xp.array(v) for v in state.vals]
+        columns = [_alloc(xp, g, rows) for g in self._groups]
+        # CPU: every group over one window of rows at a time, so the inputs stay in cache across the groups
         # (a series cut at a window edge simply continues from its state: the kernels are split-invariant).
-        for start in range(0, rows, _WINDOW):
-            end = min(start + _WINDOW, rows)
-            inside = (seg_hi > start) & (seg_lo < end)
-            w_slot = seg_slot[inside]
-            w_lo = np.maximum(seg_lo[inside], start)
-            w_hi = np.minimum(seg_hi[inside], end)
+        # GPU: one launch per group over all rows.
+        window = _WINDOW if xp is np else max(rows, 1)
+        for start in range(0, rows, window):
+            end = min(start + window, rows)
+            if start == 0 and end == rows:
+                w_slot, w_lo, w_hi = seg_slot, seg_lo, seg_hi
+            else:
+                inside = (seg_hi > start) & (seg_lo < end)
+                w_slot = seg_slot[inside]
+                w_lo = xp.maximum(seg_lo[inside], start)
+                w_hi = xp.minimum(seg_hi[inside], end)
             for group, counts, vals, cols in zip(self._groups, counts_out, vals_out, columns, strict=True):
-                _run(group, w_slot, w_lo, w_hi, high, low, close, volume, counts, vals, cols)
+                _run(kernels, group, w_slot, w_lo, w_hi, high, low, close, volume, counts, vals, cols)
         out = {name: cols[column] for group, cols in zip(self._groups, columns, strict=True)
                for name, column in group.columns.items()}
         return {name: out[name] for name in self.names}, FeatureState(tuple(counts_out), tuple(vals_out))
+
+
+def _xp(a: Any) -> Any:
+    """numpy, or cupy for a CuPy array (without importing CuPy where it is not used)."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def _gpu_kernels() -> Any:
+    from gpu_kernels.cuda_indicators import GPU
+
+    return GPU
 
 
 def _parse(name: str) -> tuple[str, tuple[float, ...], int]:
@@ -184,38 +212,51 @@ def _width(kind: str, params: tuple[float, ...]) -> int:
 _WINDOW = 1 << 15
 
 
-def _alloc(g: _Group, rows: int) -> list[np.ndarray]:
+def _alloc(xp: Any, g: _Group, rows: int) -> list[Any]:
     # Our kernels write every row (NaN while warming up); a registered one may not, so it gets NaN first.
     if g.kind in _CUSTOM:
-        return [np.full(rows, np.nan)]
+        return [xp.full(rows, np.nan)]
     if g.kind in ("macd", "bb"):
-        block = np.empty((rows, 3))
+        block = xp.empty((rows, 3))
         return [block[:, 0], block[:, 1], block[:, 2], block]
     if g.kind == "logret_std":
-        return [np.empty(rows), np.empty(rows)]
-    return [np.empty(rows)]
+        return [xp.empty(rows), xp.empty(rows)]
+    return [xp.empty(rows)]
 
 
-def _run(g: _Group, seg_slot: np.ndarray, seg_lo: np.ndarray, seg_hi: np.ndarray, high: np.ndarray,
-         low: np.ndarray, close: np.ndarray, volume: np.ndarray, counts: np.ndarray, vals: np.ndarray,
-         cols: list[np.ndarray]) -> None:
+def _run(k: Any, g: _Group, seg_slot: Any, seg_lo: Any, seg_hi: Any, high: Any, low: Any, close: Any, volume: Any,
+         counts: Any, vals: Any, cols: list[Any]) -> None:
     p = g.params
     if g.kind in _CUSTOM:
-        _CUSTOM[g.kind].kernel(seg_slot, seg_lo, seg_hi, high, low, close, volume,
-                               np.array([int(x) for x in p], np.int64), counts, vals, cols[0])
+        _run_custom(_CUSTOM[g.kind], p, seg_slot, seg_lo, seg_hi, high, low, close, volume, counts, vals, cols[0])
     elif g.kind == "macd":
-        ind.macd(seg_slot, seg_lo, seg_hi, close, int(p[0]), int(p[1]), int(p[2]), counts, vals, cols[3])
+        k.macd(seg_slot, seg_lo, seg_hi, close, int(p[0]), int(p[1]), int(p[2]), counts, vals, cols[3])
     elif g.kind == "bb":
-        ind.bbands(seg_slot, seg_lo, seg_hi, close, int(p[0]), p[1], counts, vals, cols[3])
+        k.bbands(seg_slot, seg_lo, seg_hi, close, int(p[0]), p[1], counts, vals, cols[3])
     elif g.kind == "logret_std":
-        ind.logret_std(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, cols[0], cols[1])
+        k.logret_std(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, cols[0], cols[1])
     elif g.kind == "sma":
-        ind.sma(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, cols[0])
+        k.sma(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, cols[0])
     elif g.kind == "ema":
-        ind.ema(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, cols[0])
+        k.ema(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, cols[0])
     elif g.kind == "rsi":
-        ind.rsi(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, cols[0])
+        k.rsi(seg_slot, seg_lo, seg_hi, close, int(p[0]), counts, vals, cols[0])
     elif g.kind == "atr":
-        ind.atr(seg_slot, seg_lo, seg_hi, high, low, close, int(p[0]), counts, vals, cols[0])
+        k.atr(seg_slot, seg_lo, seg_hi, high, low, close, int(p[0]), counts, vals, cols[0])
     elif g.kind == "obv":
-        ind.obv(seg_slot, seg_lo, seg_hi, close, volume, counts, vals, cols[0])
+        k.obv(seg_slot, seg_lo, seg_hi, close, volume, counts, vals, cols[0])
+
+
+def _run_custom(custom: CustomIndicator, p: tuple[float, ...], seg_slot: Any, seg_lo: Any, seg_hi: Any, high: Any,
+                low: Any, close: Any, volume: Any, counts: Any, vals: Any, out: Any) -> None:
+    """A registered kernel is a CPU function: on the GPU path its inputs come to the host and its results
+    go back."""
+    params = np.array([int(x) for x in p], np.int64)
+    if _xp(close) is np:
+        custom.kernel(seg_slot, seg_lo, seg_hi, high, low, close, volume, params, counts, vals, out)
+        return
+    host = [a.get() for a in (seg_slot, seg_lo, seg_hi, high, low, close, volume, counts, vals, out)]
+    custom.kernel(*host[:7], params, *host[7:])
+    counts.set(host[7])
+    vals.set(host[8])
+    out.set(host[9])

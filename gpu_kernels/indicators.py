@@ -13,8 +13,8 @@ with all three outputs starting once the signal EMA is seeded; population standa
 OBV starting from the first bar's volume; MAX and MIN over the last n inputs (the backtests' Donchian
 channels). A value still warming up is NaN.
 
-CPU implementation: compiled loops (Numba) over segments. The GPU path (CuPy: one thread per series)
-is not written yet.
+CPU implementation: compiled loops (Numba) over segments. The GPU path is the same loops in CUDA C
+(`indicators.cu`, launched through CuPy by `cuda_indicators.py`), one thread per series.
 """
 
 from __future__ import annotations

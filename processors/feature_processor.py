@@ -68,7 +68,6 @@ class FeatureProcessor(EosProcessor):
         self._restore = restore
         self.states: dict[int, PartitionState] = {}
         super().__init__(source_factory, sink_factory)
-        m.ACTIVE_BACKEND.labels(NAME, "cpu").set(1)
 
     def _committed(self, batch: MessageBatch, pending: dict[int, PartitionState]) -> None:
         self.states.update(pending)

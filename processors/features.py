@@ -15,6 +15,7 @@ import numpy as np
 
 from gpu_kernels.bars import BarState, aggregate_bars
 from gpu_kernels.features import DEFAULT_FEATURES, FeatureSet, FeatureState
+from processors.feature_backend import FeatureBackend
 from schemas.ticks import TickColumns
 
 _INTERVAL = re.compile(r"^([1-9][0-9]*)(ms|s|m|h|d)$")
@@ -33,6 +34,7 @@ class EngineConfig:
     intervals: tuple[str, ...] = ("1s", "1m")
     lateness_ms: int = 0
     features: tuple[str, ...] = DEFAULT_FEATURES
+    backend: str = "auto"  # where the indicator kernels run: auto, cpu or gpu (processors.feature_backend)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,7 @@ class FeatureEngine:
         self.config = config or EngineConfig()
         self.interval_ms = {name: interval_ms(name) for name in self.config.intervals}
         self.feature_set = FeatureSet(self.config.features)
+        self.backend = FeatureBackend(self.config.backend)
 
     def empty_state(self) -> PartitionState:
         return PartitionState({}, (), {iv: BarState.empty() for iv in self.config.intervals},
@@ -118,8 +121,8 @@ class FeatureEngine:
             if len(b):
                 bounds = np.flatnonzero(np.r_[True, b.key[1:] != b.key[:-1], True])
                 seg_lo, seg_hi = bounds[:-1], bounds[1:]
-                values, fstate = self.feature_set.compute(fstate, b.key[seg_lo], seg_lo, seg_hi, b.high, b.low,
-                                                          b.close, b.volume)
+                values, fstate = self.backend.compute(self.feature_set, fstate, b.key[seg_lo], seg_lo, seg_hi,
+                                                      b.high, b.low, b.close, b.volume)
             else:
                 values = {name: np.empty(0) for name in self.feature_set.names}
             closed.append(ClosedBars(iv, np.asarray(names, dtype=object)[b.key] if len(b) else np.empty(0, object),

@@ -57,7 +57,7 @@ def _engine(settings: Settings) -> FeatureEngine:
         for iv in f.intervals:
             interval_ms(iv)
         return FeatureEngine(EngineConfig(intervals=tuple(f.intervals), lateness_ms=f.lateness_ms,
-                                          features=tuple(f.features)))
+                                          features=tuple(f.features), backend=f.backend))
     except (ValueError, FeatureError) as err:
         raise UserError(f"features settings: {err}") from None
 

@@ -95,6 +95,9 @@ class FeaturesSettings(_Section):
         description="how long the broker keeps a dead instance's open transaction (it holds back the offsets and "
                     "changelog a successor needs); Kafka Streams' default under exactly-once")
     online_store: bool = Field(default=True, description="keep each symbol's latest feature vector in Redis")
+    backend: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto", description="where the indicator kernels run; auto: the GPU when CuPy sees one. A batch the "
+                                    "GPU fails is recomputed on the CPU (streamquant_gpu_fallbacks_total)")
 
 
 class JobsSettings(_Section):
