@@ -26,6 +26,7 @@ from confluent_kafka.admin import AdminClient
 
 from streamquant.secure_stack import (
     SECURE_SERVER_PROPERTIES,
+    SINGLE_NODE_FORMAT_ARGS,
     SINGLE_NODE_PROPERTIES,
     SecureFiles,
     SecureSetupError,
@@ -175,7 +176,7 @@ class DevStack:
         self._start_broker("kafka", self.dev.kafka_port, self.kafka_dir,
                            SERVER_PROPERTIES.format(kafka_port=self.dev.kafka_port,
                                                     controller_port=self.dev.controller_port,
-                                                    data_dir=self.data_dir), [])
+                                                    data_dir=self.data_dir), SINGLE_NODE_FORMAT_ARGS)
 
     def _start_broker(self, name: str, port: int, home: Path, properties: str, format_args: list[str],
                       hide: tuple[str, ...] = ()) -> None:
@@ -249,7 +250,8 @@ class DevStack:
             admin_password=creds["admin"], keystore=files.keystore, truststore=files.truststore,
             store_password=creds["_stores"], data_dir=home / "data")
         secret_args = scram_arguments(creds)
-        self._start_broker("kafka-secure", self.dev.secure_kafka_port, home, props, secret_args,
+        self._start_broker("kafka-secure", self.dev.secure_kafka_port, home, props,
+                           [*SINGLE_NODE_FORMAT_ARGS, *secret_args],
                            hide=tuple(creds.values()))
         self._wait_broker("kafka-secure", self.dev.secure_kafka_port, self.secure_config("admin").client_config(),
                           time.monotonic() + self.dev.start_timeout_s, announce=False)

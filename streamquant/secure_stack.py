@@ -61,6 +61,13 @@ auto.create.topics.enable=false
 log.retention.check.interval.ms=60000
 """
 
+# Eligible leader replicas (KIP-966, on by default in Kafka 4.x) treat a broker back from a crash as unclean:
+# every partition of a single node then waits (1-10 s in our logs) for an *unclean* election, which Kafka
+# documents can lose transaction markers. A process kill leaves the only copy of each log intact (the page
+# cache survives), so here the feature only turns every broker crash into unclean elections. Off, the
+# restarted broker leads its partitions again as soon as it is unfenced.
+SINGLE_NODE_FORMAT_ARGS = ["--feature", "eligible.leader.replicas.version=0"]
+
 SECURE_SERVER_PROPERTIES = """\
 # Written by `streamquant dev up --secure`: single-node KRaft, SASL_SSL + SCRAM-SHA-512, ACLs.
 process.roles=broker,controller
