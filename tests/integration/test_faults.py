@@ -3,7 +3,8 @@
 1. Feature processor: one instance frozen (SIGSTOP) past its session timeout while a second takes over,
    then resumed (a zombie: its transactions must not land); 10,000 fuzzed bad messages mixed into the tick
    stream. Outputs must equal the offline computation exactly, with every bad message in the DLQ.
-2. Feature processor: the broker SIGKILLed mid-stream and restarted; outputs exact again.
+2. Feature processor: the broker SIGKILLed mid-stream and restarted; outputs exact again (expected to fail
+   only where the broker's log shows it dropped a prepared commit's markers: see the test).
 3. Job plane: Redis stopped while jobs run (the cache's L3 fails, counted; jobs still finish); a job
    worker process killed mid-job (its job ends `failed` with the reason); every accepted job terminal.
 
@@ -139,17 +140,25 @@ def test_feature_processor_through_a_zombie_and_fuzz(kafka: KafkaConfig, stack: 
         raise AssertionError(f"{err}\n--- a (frozen) ---\n{out_a[-4000:]}\n--- b ---\n{out_b[-4000:]}") from None
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open in issue 6: passed 7 of 7 runs on a separate local stack, but the one fresh-clone CI run lost 55 bars "
-    "(the first 6 s of one partition's symbols) while every tick's offset was committed; the broker had restarted "
-    "its partitions with high watermark 0 (killed ~3 s after the topics were created, before its 5 s HW "
-    "checkpoint); cause not found yet"))
+SKIPPED_MARKERS = "Couldn't find leader endpoint for partitions"
+
+
 def test_feature_processor_through_a_broker_killed_mid_stream(kafka: KafkaConfig, stack: Any) -> None:
     """The broker SIGKILLed while the processor commits batches, restarted a few seconds later. The open
     transaction is lost with it; the processor must get going again by itself (librdkafka's
     send_offsets_to_transaction can block past its timeout after a broker restart: the sink replaces a
-    stalled producer) and the outputs must still equal the offline computation exactly."""
+    stalled producer) and the outputs must still equal the offline computation exactly.
+
+    One broker failure is not ours to fix, and the test says so rather than passing or failing on it: a
+    transaction whose commit was prepared when the broker died has its markers sent again at restart, and
+    the transaction coordinator drops the markers of any partition it cannot find a leader for right then
+    ("Couldn't find leader endpoint ... likely deleted already and hence can be skipped"). That partition's
+    part of a committed transaction stays open until a later marker of the same producer ends it, possibly
+    as an abort: committed bars vanish (seen in CI: 55 bars of one partition). Only when the broker's log shows
+    that skip for this test's partitions does a failure become an expected one."""
     prefix, env = stack
+    log = Path(".devstack/logs/kafka.log")
+    log_from = log.stat().st_size if log.exists() else 0
     produce_stream(kafka, f"{prefix}ticks", 40_000)
     total = 40_000 + len(BAD)
     group = env["STREAMQUANT_FEATURES_GROUP"]
@@ -162,12 +171,25 @@ def test_feature_processor_through_a_broker_killed_mid_stream(kafka: KafkaConfig
     time.sleep(3)
     restart_stack()
     out, _ = proc.communicate(timeout=400)
-    assert proc.returncode == 0, out[-3000:]
     try:
+        assert proc.returncode == 0, out[-3000:]
         assert committed_total(kafka, group, f"{prefix}ticks") == total
         assert_exact(kafka, prefix)
     except AssertionError as err:
+        skipped = broker_skipped_markers(log, log_from, prefix)
+        if skipped:
+            pytest.xfail(f"the broker dropped the commit markers of a prepared transaction at restart: {skipped[0]}")
         raise AssertionError(f"{err}\n--- processor ---\n{out[-4000:]}") from None
+
+
+def broker_skipped_markers(log: Path, start: int, prefix: str) -> list[str]:
+    """The broker log's lines (since `start`) saying it skipped transaction markers for this test's topics."""
+    if not log.exists():
+        return []
+    with log.open("rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    return [line[:300] for line in text.splitlines() if SKIPPED_MARKERS in line and prefix in line]
 
 
 def test_jobs_with_redis_down_and_a_worker_killed(kafka: KafkaConfig, plane_env: Any, tmp_path: Path) -> None:
