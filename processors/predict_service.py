@@ -21,6 +21,7 @@ import msgspec
 import orjson
 from prometheus_client import Counter, Histogram
 
+from gpu_kernels.forest import ForestError
 from processors.errors import InvalidCommand
 from processors.online_store import OnlineStore
 from processors.prediction_processor import DEFAULT_THRESHOLDS, Thresholds, score
@@ -85,9 +86,9 @@ class PredictService:
             version = self.registry.registry.get(request.model, request.version)
             rows = self._rows(request, version)
             scorer = self._scorer(version)
-        except InvalidCommand as err:
+            p_up = score(scorer, rows)
+        except (InvalidCommand, ForestError) as err:  # the requester's answer, never the service's crash
             return {**base, "error": str(err)}
-        p_up = score(scorer, rows)
         return {**base, "version": version.version, "probabilities": p_up,
                 "signals": [self.thresholds.signal(p) for p in p_up]}
 

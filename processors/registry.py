@@ -186,4 +186,7 @@ def load_scorer(version: ModelVersion) -> ForestScorer:
             from None
     except forest_kernels.ForestError as err:  # a hash mismatch among them: refused, with the reason
         raise InvalidCommand(f"model {version.model} v{version.version}: {err}") from None
+    if not forest.is_classifier:
+        raise InvalidCommand(f"model {version.model} v{version.version} is a regressor (a forward_return label): "
+                             "predictions give P(up), which needs a direction model (a classifier)")
     return ForestScorer(forest)
