@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -316,6 +318,9 @@ def build_app(config: PlaneConfig, cache: ResultCache, scheduler_factory: Any) -
         broker_credentials=_credentials(kafka),
         processing_guarantee="exactly_once",
         store="memory://",
+        # Faust makes a data directory even for an in-memory store (default: `<app id>-data` in the working
+        # directory); nothing in it outlives the process, so it goes under the temp dir.
+        datadir=str(Path(tempfile.gettempdir()) / "streamquant-faust" / "{appid}"),
         topic_partitions=config.partitions,
         broker_commit_interval=config.commit_interval_s,
         broker_session_timeout=config.session_timeout_s,
