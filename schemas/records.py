@@ -28,6 +28,8 @@ _interval = c(pattern=INTERVAL_PATTERN, doc="bar interval such as 1s, 1m, 1d")
 _date = c(pattern=DATE_PATTERN, doc="ISO-8601 date or timestamp, UTC when no offset is given")
 
 Backend = Literal["auto", "cpu", "gpu"]
+# Training may also name the library that fits the model (processors/training/algorithms.py).
+TrainBackend = Literal["auto", "cpu", "gpu", "lightgbm", "sklearn", "cuml"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "rejected"]
 
 
@@ -153,7 +155,7 @@ class TrainCommand:
     validation: Validation = field(default_factory=Validation)
     priority: int = field(default=5, metadata=c(minimum=0, maximum=9))
     timeout_s: float = field(default=3600.0, metadata=c(exclusive_minimum=0))
-    backend: Backend = "auto"
+    backend: TrainBackend = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +284,12 @@ class ModelVersion:
     metrics: dict[str, float | None] = field(default_factory=dict)
     backend: str | None = None
     aliases: tuple[str, ...] = ()
+    # What the training job reported besides the metrics (absent from records written before they were kept).
+    job_id: str | None = None
+    confusion_matrix: tuple[tuple[int, ...], ...] = ()
+    feature_importances: dict[str, float] = field(default_factory=dict)
+    rows: int = field(default=0, metadata=c(minimum=0))
+    train_seconds: float = field(default=0.0, metadata=c(minimum=0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,6 +153,13 @@ def models_show(ctx: typer.Context, name: str,
             ("data", f"{v.data_start} → {v.data_end}"), ("backend", v.backend or "—"), ("created", _when(v.created)),
             ("artifact", v.artifact), ("sha256", v.sha256)]
     rows += [(k, "—" if x is None else f"{x:.4f}") for k, x in sorted(v.metrics.items())]
+    if v.rows:
+        rows += [("rows", f"{v.rows:,}"), ("training time", f"{v.train_seconds:.1f} s"), ("job", v.job_id or "—")]
+    if v.confusion_matrix:
+        rows.append(("confusion matrix", "\n".join(" ".join(f"{n:>8,}" for n in row) for row in v.confusion_matrix)))
+    if v.feature_importances:
+        ranked = sorted(v.feature_importances.items(), key=lambda kv: -kv[1])
+        rows.append(("feature importances", "\n".join(f"{name} {share:.3f}" for name, share in ranked)))
     for k, x in rows:
         table.add_row(k, x)
     console.print(table)

@@ -6,8 +6,10 @@ A GPU-backed run that fails with a GPU error is run again on the CPU, and the re
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,24 +222,42 @@ def _run_train(command: dict[str, Any], backend: str, context: JobContext, progr
         outcome = training.train(cmd, bars, backend=backend, progress=progress)
     except InvalidCommand as err:  # no rows left after the warm-up and the label horizon, say
         raise JobRejected(str(err)) from None
-    registry = read_registry(context.kafka, context.models_topic)
-    version = registry.next_version(cmd.model)
-    artifact, sha256 = save_forest(outcome.forest, context.artifact_root, cmd.model, version)
-    publish(context.kafka, context.models_topic, [ModelVersion(
-        cmd.model, version, artifact, sha256, tuple(outcome.features), cmd.label, int(time.time() * 1000),
-        cmd.start, cmd.end, dict(outcome.metrics), outcome.backend)])
-    return to_dict(TrainResult(
-        cmd.job_id, cmd.model, version, dict(outcome.metrics),
-        tuple(tuple(int(x) for x in row) for row in outcome.confusion_matrix),
-        {k: float(v) for k, v in outcome.feature_importances.items()}, int(sum(outcome.rows.values())),
-        float(outcome.train_seconds), outcome.backend, artifact))
+    confusion = tuple(tuple(int(x) for x in row) for row in outcome.confusion_matrix)
+    importances = {k: float(v) for k, v in outcome.feature_importances.items()}
+    rows = int(sum(outcome.rows.values()))
+    # Numbering a version is read-then-write on the registry: two training jobs of one model finishing together
+    # (worker processes of this plane) would both take the next number. They take it one at a time.
+    with model_lock(context.artifact_root, cmd.model):
+        registry = read_registry(context.kafka, context.models_topic)
+        version = registry.next_version(cmd.model)
+        artifact, sha256 = save_forest(outcome.forest, context.artifact_root, cmd.model, version, cmd.job_id)
+        publish(context.kafka, context.models_topic, [ModelVersion(
+            cmd.model, version, artifact, sha256, tuple(outcome.features), cmd.label, int(time.time() * 1000),
+            cmd.start, cmd.end, dict(outcome.metrics), outcome.backend, (), cmd.job_id, confusion, importances, rows,
+            float(outcome.train_seconds))])
+    return to_dict(TrainResult(cmd.job_id, cmd.model, version, dict(outcome.metrics), confusion, importances, rows,
+                               float(outcome.train_seconds), outcome.backend, artifact))
 
 
-def save_forest(forest: Any, root: str, model: str, version: int) -> tuple[str, str]:
-    """`<root>/models/<model>/v<version>/forest.npz`; returns (path, sha256 of the file)."""
+@contextlib.contextmanager
+def model_lock(root: str, model: str) -> Iterator[None]:
+    """An exclusive lock per model over the artifact root (a file lock: the plane's workers share a host)."""
+    folder = Path(root) / "models" / model
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".register.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def save_forest(forest: Any, root: str, model: str, version: int, job_id: str) -> tuple[str, str]:
+    """`<root>/models/<model>/v<version>-<job id>/forest.npz` (a job never overwrites another's file); returns
+    (path, sha256 of the file)."""
     from gpu_kernels import forest as forest_kernels
 
-    folder = Path(root) / "models" / model / f"v{version}"
+    folder = Path(root) / "models" / model / f"v{version}-{job_id}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "forest.npz"
     sha256 = forest_kernels.save(forest, str(path))

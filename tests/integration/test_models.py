@@ -151,6 +151,8 @@ def test_train_promote_predict_switch_versions_exactly_once(kafka: KafkaConfig, 
     assert sq(env, "models", "promote", "dir", "1").returncode == 0
     shown = sq(env, "models", "show", "dir")
     assert shown.returncode == 0 and "active" in shown.stdout and "roc_auc" in shown.stdout, shown.stdout
+    for field_shown in ("confusion matrix", "feature importances", "training time", "rows"):
+        assert field_shown in shown.stdout, shown.stdout
 
     registry = read_registry(kafka, f"{prefix}models")
     scorers = {v: load_scorer(registry.get("dir", v)) for v in (1, 2)}

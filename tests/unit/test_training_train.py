@@ -17,7 +17,7 @@ from processors.training import algorithms, train
 from processors.training.algorithms import Algorithm, Backend, Fitted, get_algorithm, pick_backend
 from processors.training.dataset import build_dataset
 from processors.training.random_forest import fit_lightgbm, resolve
-from schemas.codec import RecordCodec
+from schemas.codec import InvalidMessage, RecordCodec
 from schemas.records import TrainCommand
 from tests.unit.test_training_dataset import panel_from
 
@@ -145,6 +145,17 @@ def test_backend_choice() -> None:
             pick_backend(forest_family, "gpu")
     with pytest.raises(InvalidCommand, match="unknown backend 'tpu'"):
         pick_backend(forest_family, "tpu")
+
+
+@pytest.mark.parametrize("name", ["lightgbm", "sklearn", "cuml", "auto"])
+def test_a_train_command_may_name_the_backend_library(name: str) -> None:
+    codec = RecordCodec(TrainCommand)
+    body = {"job_id": "j-1", "model": "m", "features": ["rsi_14"], "label": {"kind": "direction", "horizon": 5},
+            "universe": ["S000"], "start": "2027-01-01", "end": "2027-02-01", "interval": "1m",
+            "data": {"source": "synthetic", "seed": 1}, "backend": name}
+    assert codec.decode_obj(body).backend == name
+    with pytest.raises(InvalidMessage):
+        codec.decode_obj({**body, "backend": "tpu"})
 
 
 def test_a_new_family_is_one_registration_away() -> None:
