@@ -2,7 +2,8 @@
 
 The broker comes from STREAMQUANT_KAFKA_BOOTSTRAP when set (CI sets it after `make up`), else from
 testcontainers when a Docker engine answers, else every integration test fails and says how to
-start the local stack. They never skip.
+start the local stack; Redis likewise from STREAMQUANT_REDIS_URL or testcontainers. They never skip. (The
+testcontainers route is not exercised here: this machine has no Docker engine.)
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def bootstrap() -> Iterator[str]:
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer("apache/kafka:4.1.0").with_kraft() as kafka:
-            yield kafka.get_bootstrap_server()
+            server = kafka.get_bootstrap_server()
+            os.environ["STREAMQUANT_KAFKA_BOOTSTRAP"] = server  # processors run as subprocesses read it
+            yield server
         return
     pytest.fail(f"no Kafka broker: STREAMQUANT_KAFKA_BOOTSTRAP is not set and no Docker engine answers; {HOW_TO}")
 
@@ -71,10 +74,19 @@ def admin(kafka: KafkaConfig) -> AdminClient:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
+def redis_url() -> Iterator[str]:
+    """STREAMQUANT_REDIS_URL when set, else a Redis from testcontainers when a Docker engine answers."""
     url = os.environ.get("STREAMQUANT_REDIS_URL")
     if not url:
-        pytest.fail(f"STREAMQUANT_REDIS_URL is not set; {HOW_TO}")
+        if not _docker_answers():
+            pytest.fail(f"STREAMQUANT_REDIS_URL is not set and no Docker engine answers; {HOW_TO}")
+        from testcontainers.community.redis import RedisContainer
+
+        with RedisContainer("redis:7.4") as container:
+            url = f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
+            os.environ["STREAMQUANT_REDIS_URL"] = url  # tests and processors read it from the environment
+            yield url
+        return
     client = redis.Redis.from_url(url, socket_connect_timeout=3)
     try:
         client.ping()
@@ -82,7 +94,7 @@ def redis_url() -> str:
         pytest.fail(f"Redis at {url} does not answer; {HOW_TO}")
     finally:
         client.close()
-    return url
+    yield url
 
 
 @pytest.fixture
