@@ -312,6 +312,8 @@ def _valid_job_id(job_id: str) -> bool:
 def build_app(config: PlaneConfig, cache: ResultCache, scheduler_factory: Any) -> tuple[faust.App, JobPlane]:
     """The Faust app (exactly-once, in-memory table recovered from its changelog) and its plane."""
     kafka = config.kafka
+    faust_dirs = Path(tempfile.gettempdir()) / "streamquant-faust"
+    faust_dirs.mkdir(exist_ok=True)  # Faust makes the app's own folder, not its parents
     app = faust.App(
         config.app_id,
         broker=f"kafka://{kafka.bootstrap}",
@@ -320,7 +322,7 @@ def build_app(config: PlaneConfig, cache: ResultCache, scheduler_factory: Any) -
         store="memory://",
         # Faust makes a data directory even for an in-memory store (default: `<app id>-data` in the working
         # directory); nothing in it outlives the process, so it goes under the temp dir.
-        datadir=str(Path(tempfile.gettempdir()) / "streamquant-faust" / "{appid}"),
+        datadir=str(faust_dirs / "{conf.id}"),
         topic_partitions=config.partitions,
         broker_commit_interval=config.commit_interval_s,
         broker_session_timeout=config.session_timeout_s,
