@@ -56,18 +56,29 @@ def encode_symbols(engine: FeatureEngine, state: PartitionState, symbols: Iterab
     idx = np.array([slot for _, _, slot in wanted], np.int64)
     counts = np.ascontiguousarray(np.stack([c[idx] for c in fs.counts], axis=1), "<i8")
     vals = np.ascontiguousarray(np.concatenate([v[idx] for v in fs.vals], axis=1), "<f8")
+    # One bytes buffer per table, cut per series by plain bytes slicing: a few numpy calls per batch instead
+    # of several per series (measured: this function was a fifth of the processor's time at 10k ticks/s).
+    counts_buf, counts_w = counts.tobytes(), counts.shape[1] * 8
+    vals_buf, vals_w = vals.tobytes(), vals.shape[1] * 8
     tables = {}
     for iv in engine.config.intervals:
         b = state.bars[iv]  # rows sorted by (slot, start): a slot's open bars are one contiguous run
         ints = np.ascontiguousarray(np.stack([getattr(b, f) for f in _BAR_INT], axis=1), "<i8")
         floats = np.ascontiguousarray(np.stack([getattr(b, f) for f in _BAR_FLOAT], axis=1), "<f8")
-        tables[iv] = (b.key, ints, floats)
+        rows_iv = [row for row, (_, wiv, _) in enumerate(wanted) if wiv == iv]
+        slots_iv = idx[rows_iv]
+        los = np.searchsorted(b.key, slots_iv, "left").tolist()
+        his = np.searchsorted(b.key, slots_iv, "right").tolist()
+        tables[iv] = (ints.tobytes(), ints.shape[1] * 8, floats.tobytes(), floats.shape[1] * 8,
+                      dict(zip(rows_iv, zip(los, his, strict=True), strict=True)))
     series: dict[str, dict[str, dict[str, object]]] = {sym: {} for sym in symbols}
-    for row, (sym, iv, slot) in enumerate(wanted):
-        keys, ints, floats = tables[iv]
-        lo, hi = int(np.searchsorted(keys, slot, "left")), int(np.searchsorted(keys, slot, "right"))
-        series[sym][iv] = {"n": hi - lo, "ints": ints[lo:hi].tobytes(), "floats": floats[lo:hi].tobytes(),
-                           "counts": counts[row].tobytes(), "vals": vals[row].tobytes()}
+    for row, (sym, iv, _slot) in enumerate(wanted):
+        ints_buf, ints_w, floats_buf, floats_w, bounds = tables[iv]
+        lo, hi = bounds[row]
+        series[sym][iv] = {"n": hi - lo, "ints": ints_buf[lo * ints_w:hi * ints_w],
+                           "floats": floats_buf[lo * floats_w:hi * floats_w],
+                           "counts": counts_buf[row * counts_w:(row + 1) * counts_w],
+                           "vals": vals_buf[row * vals_w:(row + 1) * vals_w]}
     return [(state_key(namespace, sym), msgspec.msgpack.encode({"v": LAYOUT, "series": series[sym]}))
             for sym in symbols]
 
