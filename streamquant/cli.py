@@ -60,7 +60,9 @@ def dev_up(
     settings = settings_of(ctx)
     stack = DevStack(settings.dev, settings.redis, progress=lambda m: console.print(f"[dim]•[/] {m}"))
     stack.up()
-    _create_topics(settings, quiet_unchanged=True)
+    # The topics go to the broker just started (its port may not be the one STREAMQUANT_KAFKA_BOOTSTRAP names).
+    _create_topics(settings, quiet_unchanged=True, kafka=KafkaConfig(bootstrap=stack.bootstrap,
+                                                                      client_id=settings.kafka.client_id))
     if secure:
         stack.up_secure()
         admin_config = stack.secure_config("admin")

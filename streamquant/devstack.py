@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,6 +42,15 @@ from streams.config import KafkaConfig
 
 KAFKA_VERSION = "4.4.0"
 Progress = Callable[[str], None]
+
+
+def java_major(version_output: str) -> int | None:
+    """The major version in `java -version`'s output ('openjdk version "17.0.9"' -> 17, '"1.8.0_392"' -> 8)."""
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', version_output)
+    if not m:
+        return None
+    first = int(m.group(1))
+    return int(m.group(2) or 0) if first == 1 else first
 
 
 class DevStackError(Exception):
@@ -170,6 +180,11 @@ class DevStack:
         java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
         if not java or not Path(java).exists():
             raise DevStackError("Java (17 or newer) is not on PATH; install a JDK to run the broker")
+        shown = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
+        major = java_major(shown.stderr + shown.stdout)
+        if major is None or major < 17:
+            found = f"Java {major}" if major is not None else "a Java whose version it does not say"
+            raise DevStackError(f"Kafka 4 needs Java 17 or newer; {java} is {found} (set JAVA_HOME to a newer JDK)")
         return java
 
     def _start_kafka(self) -> None:

@@ -6,7 +6,9 @@ import base64
 import subprocess
 from pathlib import Path
 
-from streamquant.devstack import SERVER_PROPERTIES, DevStack, new_cluster_id
+import pytest
+
+from streamquant.devstack import SERVER_PROPERTIES, DevStack, java_major, new_cluster_id
 from streamquant.settings import DevSettings, RedisSettings
 
 
@@ -45,3 +47,13 @@ def test_down_leaves_a_process_it_did_not_start_alone(tmp_path: Path) -> None:
     finally:
         stranger.kill()
         stranger.wait()
+
+
+@pytest.mark.parametrize(("output", "major"), [
+    ('openjdk version "17.0.9" 2023-10-17\nOpenJDK Runtime Environment (build 17.0.9+9-Debian-1deb12u1)', 17),
+    ('openjdk version "21" 2023-09-19', 21),
+    ('java version "1.8.0_392"', 8),
+    ("no version here", None),
+])
+def test_java_major_version_is_read_from_java_version(output: str, major: int | None) -> None:
+    assert java_major(output) == major
