@@ -51,6 +51,24 @@ def _run_calls(calls: queue.SimpleQueue[tuple[Callable[[], Any], dict[str, Any],
             done.set()
 
 
+class _ClientLog(logging.Logger):
+    """librdkafka's log lines for one producer, into Python logging ("librdkafka" logger), remembering the
+    ones that report a refused authorization: a transaction failed in the background by the ACLs can reach
+    the caller later as another error (a fatal INVALID_TXN_STATE from EndTxn was seen in CI), and these lines
+    are then the only place that names the cause. librdkafka hands them over when the producer is polled."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.parent = logging.getLogger("librdkafka")
+        self.denied: list[str] = []
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        text = str(msg) % args if args else str(msg)
+        if "authorization failed" in text.lower() and len(self.denied) < 10:
+            self.denied.append(text)
+        super().log(level, msg, *args, **kwargs)
+
+
 class TransactionalSink:
     """One transactional producer; `begin` … `write`* … `commit(source, offsets)` per micro-batch."""
 
@@ -75,7 +93,8 @@ class TransactionalSink:
             "retry.backoff.max.ms": 100,
             **(extra or {}),
         }
-        self._producer = Producer(conf)
+        self._log = _ClientLog(f"librdkafka.{transactional_id}")
+        self._producer = Producer({**conf, "logger": self._log})
         self._stalled = False
         # One long-lived thread runs the transactional calls that talk to the broker; the caller waits on each
         # with a deadline (see `_bounded`). A new thread per call showed as ~4 % of the processor's samples
@@ -154,7 +173,9 @@ class TransactionalSink:
             # Closing after a failure: whatever was open is abandoned (the broker aborts it on timeout).
             with contextlib.suppress(ProducerFenced, KafkaException):
                 self.abort()
-        self._producer.flush(self._timeout_s)
+        # A producer in a fatal state can refuse even this; what it held belonged to a transaction that is gone.
+        with contextlib.suppress(KafkaException):
+            self._producer.flush(self._timeout_s)
         self._worker.put(None)  # the worker thread ends (a stalled one stays blocked: it is a daemon)
 
     # -- internals
@@ -220,7 +241,9 @@ class TransactionalSink:
         return kerr  # the producer had no transaction open: it has one now, which abort() ends
 
     def _raise_fatal(self, kerr: KafkaError, what: str) -> None:
-        denied = [f for f in self._failed if any(code in f for code in AUTHORIZATION_CODES)]
+        with contextlib.suppress(KafkaException):
+            self._producer.poll(0)  # serves pending delivery reports and log lines (see _ClientLog)
+        denied = [f for f in self._failed if any(code in f for code in AUTHORIZATION_CODES)] + self._log.denied
         if is_authorization_error(kerr.name()) or denied:
             detail = denied[0] if denied else kerr.str()
             writing = f" (writing {', '.join(sorted(self._written))})" if self._written else ""
