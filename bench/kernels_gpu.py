@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from bench.kernels_vs_talib import synthetic_bars
 from gpu_kernels.features import FeatureSet
 
 
@@ -45,12 +46,8 @@ def main() -> None:
             raise RuntimeError("no CUDA device is visible")
     except Exception as err:
         sys.exit(f"error: the GPU benchmark needs CuPy and a GPU ({err})")
-    rng = np.random.default_rng(1)
     s, n = args.symbols, args.bars
-    close = 100 * np.exp(np.cumsum(rng.standard_normal((s, n)) * 0.01, axis=1))
-    high = close * (1 + rng.uniform(0, 0.01, (s, n)))
-    low = close * (1 - rng.uniform(0, 0.01, (s, n)))
-    volume = rng.integers(1, 10_000, (s, n)).astype(np.float64)
+    high, low, close, volume = synthetic_bars(s, n)
     flat = [np.ascontiguousarray(a.reshape(-1)) for a in (high, low, close, volume)]
     slots, seg_lo = np.arange(s), np.arange(s) * n
     seg_hi = seg_lo + n
