@@ -91,11 +91,12 @@ bench: $(STAMP) $(BENCH_VENV)/.installed ## All benchmarks (the stream ones need
 	$(BIN)/python -m bench.features_latency
 
 GPU_PYTHON ?= $(BIN)/python
-gpu-check: ## With an NVIDIA GPU and CuPy (no network): the GPU parity tests, then the GPU kernel benchmark
+gpu-check: ## With an NVIDIA GPU and CuPy (no network): the GPU parity tests, then the GPU benchmarks
 	$(GPU_PYTHON) -c "import cupy, sys; sys.exit(0 if cupy.cuda.runtime.getDeviceCount() > 0 else 'error: no CUDA device is visible')"
 	$(GPU_PYTHON) -m pytest -q -rs -p no:cacheprovider tests/unit/test_cuda_source.py tests/unit/test_feature_backend.py \
 		tests/unit/test_backtest_engine.py tests/unit/test_forest.py
 	$(GPU_PYTHON) -m bench.kernels_gpu
+	$(GPU_PYTHON) -m bench.forest_gpu
 
 clean: ## Remove caches (keeps .venv and the Kafka jar cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -42,25 +42,31 @@ extern "C" { long long sq_thread = 0; }
 #define SQ_NAN NAN
 """
 
-def source() -> str:
-    return resources.files("gpu_kernels").joinpath("indicators.cu").read_text()
+INDICATORS = "indicators.cu"
+Launch = Callable[..., None]  # launch(kernel name, number of threads, *kernel arguments)
+
+
+def source(name: str = INDICATORS) -> str:
+    return resources.files("gpu_kernels").joinpath(name).read_text()
 
 
 @functools.cache
-def _module() -> Any:
+def _module(name: str = INDICATORS) -> Any:
     import cupy
 
-    return cupy.RawModule(code=DEVICE_PRELUDE + source(), options=("--std=c++14", "--fmad=false"))
+    return cupy.RawModule(code=DEVICE_PRELUDE + source(name), options=("--std=c++14", "--fmad=false"))
 
 
-def _cupy_launch(name: str, nseg: int, *args: Any) -> None:
-    if nseg == 0:
-        return
-    blocks = (nseg + THREADS - 1) // THREADS
-    _module().get_function(name)((blocks,), (THREADS,), args)
+def cupy_launcher(source_name: str) -> Launch:
+    """Launches the kernels of `gpu_kernels/<source_name>` on the current CUDA device, THREADS per block."""
 
+    def launch(name: str, threads: int, *args: Any) -> None:
+        if threads == 0:
+            return
+        blocks = (threads + THREADS - 1) // THREADS
+        _module(source_name).get_function(name)((blocks,), (THREADS,), args)
 
-Launch = Callable[..., None]  # launch(kernel name, number of segments (= threads), *kernel arguments)
+    return launch
 
 
 class Kernels:
@@ -106,26 +112,31 @@ class Kernels:
         self._go("sq_extreme", seg_slot, seg_lo, seg_hi, (x, np.int64(n), np.float64(-1.0)), counts, vals, (out,))
 
 
-GPU = Kernels(_cupy_launch)
+GPU = Kernels(cupy_launcher(INDICATORS))
 
 
 # ---------------------------------------------------------------------------------------------- host build
 
 
-def host_kernels(library: Path) -> Kernels:
-    """`indicators.cu` compiled for the host (`host_library`), running the GPU threads one after another:
+def host_launcher(library: Path) -> Launch:
+    """Kernels of a source compiled for the host (`host_library`), running the GPU threads one after another:
     for checking the CUDA source where there is no GPU, not for speed."""
     lib = ctypes.CDLL(str(library))
     thread = ctypes.c_longlong.in_dll(lib, "sq_thread")
 
-    def launch(name: str, nseg: int, *args: Any) -> None:
+    def launch(name: str, threads: int, *args: Any) -> None:
         fn = getattr(lib, name)
         converted = [_host_arg(a) for a in args]
-        for g in range(nseg):
+        for g in range(threads):
             thread.value = g
             fn(*converted)
 
-    return Kernels(launch)
+    return launch
+
+
+def host_kernels(library: Path) -> Kernels:
+    """`indicators.cu` built for the host: the GPU kernels' logic, thread by thread, on NumPy arrays."""
+    return Kernels(host_launcher(library))
 
 
 def _host_arg(a: Any) -> Any:
@@ -138,16 +149,17 @@ def _host_arg(a: Any) -> Any:
     return ctypes.c_longlong(int(a))
 
 
-def host_library(directory: Path, compiler: str | None = None) -> Path:
-    """Compiles `indicators.cu` with the host C++ compiler into `directory`; returns the shared library."""
+def host_library(directory: Path, compiler: str | None = None, source_name: str = INDICATORS) -> Path:
+    """Compiles `gpu_kernels/<source_name>` with the host C++ compiler into `directory`; returns the library."""
     cxx = compiler or shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++) on PATH")
-    src = directory / "indicators_host.cpp"
-    lib = directory / "libsq_indicators.so"
-    src.write_text(HOST_PRELUDE + source())
+    stem = source_name.removesuffix(".cu")
+    src = directory / f"{stem}_host.cpp"
+    lib = directory / f"libsq_{stem}.so"
+    src.write_text(HOST_PRELUDE + source(source_name))
     done = subprocess.run([cxx, "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-x", "c++", str(src), "-o", str(lib)],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"compiling indicators.cu for the host failed:\n{done.stderr}")
+        raise RuntimeError(f"compiling {source_name} for the host failed:\n{done.stderr}")
     return lib

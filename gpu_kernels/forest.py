@@ -5,12 +5,14 @@ node indices), where a missing value goes, and leaf values; `roots[i]` is where 
 can express its trees this way (scikit-learn, LightGBM, cuML: see `gpu_kernels.forest_export`) is served by
 the same code, so a model scores the same in training, backtests, the stream and request-reply.
 
-Inference has two engines with one meaning:
+Inference has three engines with one meaning:
 - `levels`, written once against `xp` (NumPy or CuPy, the module of X): all rows × all trees step down one
-  level at a time, `depth` times (a leaf points to itself, so rows that arrive early stay put). It is the GPU
-  path; on the CPU it is the readable reference.
+  level at a time, `depth` times (a leaf points to itself, so rows that arrive early stay put). The readable
+  reference, on either device.
 - `compiled` (Numba, NumPy only): each block of rows walks one tree after another, so a tree's nodes stay in
   cache; blocks run in parallel. It is the CPU path, and with one row the low-latency path.
+- `cuda` (CuPy only): `forest.cu`, one GPU thread per row walking the compiled engine's table layout tree
+  after tree, adding in the same order: the same bits as `compiled`. The GPU path.
 
 Both reproduce the training library bit for bit at each split, which is where a copy usually goes wrong:
 scikit-learn casts features to float32 before comparing with `<=` to a float64 threshold; LightGBM compares
@@ -42,6 +44,7 @@ _DTYPES = {"feature": np.int32, "threshold": np.float64, "left": np.int32, "righ
            "nan_left": np.bool_, "zero_missing": np.bool_, "value": np.float64, "roots": np.int32}
 # (rows × trees) node indices the `levels` engine holds at once: a few tens of MB per temporary.
 LEVEL_CELLS = 1 << 21
+CUDA_SOURCE = "forest.cu"
 _BLOCK = 256  # rows per block of the compiled engine (their features stay in L1/L2 while trees pass)
 _SERIAL_ROWS = 512  # below this, threads cost more than they save
 
@@ -275,15 +278,21 @@ def _scores(forest: Forest, X: Any, engine: str) -> tuple[ModuleType, Any]:
     if forest.snap_zero:
         X = xp.where(xp.abs(X) <= ZERO_THRESHOLD, 0.0, X)  # NaN stays NaN: a comparison with NaN is false
     if engine == "auto":
-        engine = "compiled" if xp is np else "levels"
+        engine = "compiled" if xp is np else "cuda"
     if engine == "compiled":
         if xp is not np:
-            raise ForestError("the compiled engine runs on NumPy arrays; use engine='levels' on the GPU")
+            raise ForestError("the compiled engine runs on NumPy arrays; use engine='cuda' on the GPU")
         total = _sums_compiled(forest, np.ascontiguousarray(X))
+    elif engine == "cuda":
+        if xp is np:
+            raise ForestError("the cuda engine runs on CuPy arrays; use engine='compiled' on the CPU")
+        from gpu_kernels.cuda_indicators import cupy_launcher
+
+        total = sums_cuda(forest, X, xp, cupy_launcher(CUDA_SOURCE))
     elif engine == "levels":
         total = _sums_levels(forest if _module(forest.feature) is xp else forest.on(xp), X, xp)
     else:
-        raise ForestError(f"unknown engine {engine!r} (auto, compiled or levels)")
+        raise ForestError(f"unknown engine {engine!r} (auto, compiled, cuda or levels)")
     return xp, total / forest.n_trees if forest.average else total
 
 
@@ -320,6 +329,26 @@ def _sums_levels(forest: Forest, X: Any, xp: ModuleType) -> Any:
         for t in range(trees):  # in tree order, as the libraries add (a pairwise sum differs in the last bits)
             acc += leaf_values[:, t, :]
         out[lo : lo + step] = acc
+    return out
+
+
+def sums_cuda(forest: Forest, X: Any, xp: ModuleType, launch: Any) -> Any:
+    """The `cuda` engine's leaf sums (before averaging): `forest.cu` launched by `launch(kernel, threads, *args)`
+    over arrays of `xp` (CuPy; NumPy with the host build of the same source, in the tests)."""
+    lay = forest.__dict__.get("_device_layout")
+    if lay is None or _module(lay.word) is not xp:
+        on_host = forest if isinstance(forest.feature, np.ndarray) else \
+            replace(forest, **{name: getattr(forest, name).get() for name in ARRAYS})  # CuPy tables
+        h = _layout(on_host)
+        lay = _Layout(*(xp.ascontiguousarray(a) for a in (h.threshold, h.word, h.value, h.roots, h.depth)))
+        object.__setattr__(forest, "_device_layout", lay)
+    real = np.float32 if forest.float32_inputs else np.float64
+    X = xp.ascontiguousarray(X, dtype=real)  # exact for float32_inputs: X holds float32 values already
+    rows, k_out = X.shape[0], lay.value.shape[1]
+    out = xp.zeros((rows, k_out), dtype=np.float64)
+    kernel = "sq_forest_f32" if forest.float32_inputs else "sq_forest_f64"
+    launch(kernel, rows, X, np.int64(rows), np.int64(X.shape[1]), lay.roots, lay.depth, np.int64(len(lay.roots)),
+           lay.threshold, lay.word, lay.value, np.int64(k_out), out)
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
+from gpu_kernels import cuda_indicators as cu
 from gpu_kernels import forest as fk
 from gpu_kernels.forest_export import from_lightgbm, from_sklearn
 
@@ -39,7 +41,10 @@ def _cupy() -> Any:
 
 
 CUPY = _cupy()
-ARRAYS = ["numpy", pytest.param("cupy", marks=pytest.mark.skipif(CUPY is None, reason="no CuPy GPU visible"))]
+GPU = pytest.mark.skipif(CUPY is None, reason="no CuPy GPU visible")
+# (array module, engine): every engine on the arrays it runs on
+CASES = [("numpy", "compiled"), ("numpy", "levels"), pytest.param("cupy", "levels", marks=GPU),
+         pytest.param("cupy", "cuda", marks=GPU)]
 
 
 def data(n: int, seed: int, *, nan: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
@@ -93,12 +98,9 @@ def lightgbm_pair() -> tuple[lgb.Booster, fk.Forest]:
     return booster, from_lightgbm(booster)
 
 
-@pytest.mark.parametrize("array", ARRAYS)
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("array", "engine"), CASES)
 def test_sklearn_classifier_probabilities(sklearn_pair: Any, engine: str, array: str) -> None:
     model, forest = sklearn_pair
-    if array == "cupy" and engine == "compiled":
-        pytest.skip("the compiled engine is the CPU path")
     X = edge_rows(forest, 6, 5)
     got = host(fk.predict_proba(forest, on(array, X), engine=engine))
     np.testing.assert_allclose(got, model.predict_proba(X), rtol=0, atol=TOL)
@@ -113,12 +115,9 @@ def test_the_float32_cast_matters(sklearn_pair: Any) -> None:
     assert np.abs(fk.predict_proba(naive, X) - model.predict_proba(X)).max() > 1e-6
 
 
-@pytest.mark.parametrize("array", ARRAYS)
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("array", "engine"), CASES)
 def test_lightgbm_random_forest_probabilities(lightgbm_pair: Any, engine: str, array: str) -> None:
     booster, forest = lightgbm_pair
-    if array == "cupy" and engine == "compiled":
-        pytest.skip("the compiled engine is the CPU path")
     X = edge_rows(forest, 6, 7)
     got = host(fk.predict_proba(forest, on(array, X), engine=engine))
     np.testing.assert_allclose(got[:, 1], booster.predict(X), rtol=0, atol=TOL)
@@ -236,3 +235,63 @@ def test_pickles_and_malformed_tables_are_refused_even_with_the_right_hash(tmp_p
         fk.load(*written(right=np.array([1, 1, 2], np.int32)))
     with pytest.raises(fk.ForestError, match="out of range"):
         fk.load(*written(feature=np.array([3, -1, -1], np.int32)))
+
+
+# ---------------------------------------------------------------- forest.cu, the GPU engine's source
+
+
+@pytest.fixture(scope="module")
+def host_forest_cu(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """forest.cu built for the host with the C++ compiler: the GPU threads run one after another."""
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("no C++ compiler to build the CUDA source for the host")
+    return cu.host_launcher(cu.host_library(tmp_path_factory.mktemp("forest-cu"), source_name=fk.CUDA_SOURCE))
+
+
+def multiclass_pair() -> tuple[RandomForestClassifier, fk.Forest]:
+    X, y = data(3000, 8)
+    y = y + (np.nan_to_num(X[:, 5]) > 0.7)  # three classes
+    model = RandomForestClassifier(n_estimators=9, max_depth=6, random_state=0, n_jobs=1).fit(X, y)
+    return model, from_sklearn(model)
+
+
+def test_the_cuda_source_gives_the_compiled_engines_bits(host_forest_cu: Any, sklearn_pair: Any,
+                                                         lightgbm_pair: Any) -> None:
+    """float32 compares (scikit-learn), float64 with NaN defaults (LightGBM), three outputs (multiclass)."""
+    zero_missing = lgb.train({"objective": "binary", "boosting": "rf", "bagging_fraction": 0.7, "bagging_freq": 1,
+                              "num_leaves": 32, "max_depth": 6, "verbose": -1, "num_threads": 1, "seed": 2,
+                              "zero_as_missing": True}, lgb.Dataset(*data(2000, 9)), num_boost_round=8)
+    forests = [sklearn_pair[1], lightgbm_pair[1], multiclass_pair()[1], from_lightgbm(zero_missing)]
+    assert forests[3].zero_missing.any() and forests[2].value.shape[1] == 3
+    for forest in forests:
+        X = edge_rows(forest, 6, 13)[:300]
+        if forest.snap_zero:  # what _scores does before either engine
+            X = np.where(np.abs(X) <= fk.ZERO_THRESHOLD, 0.0, X)
+        if forest.float32_inputs:
+            X = X.astype(np.float32).astype(np.float64)
+        got = fk.sums_cuda(forest, X, np, host_forest_cu)
+        np.testing.assert_array_equal(got, fk._sums_compiled(forest, X))
+
+
+def test_the_cuda_source_matches_the_library(host_forest_cu: Any) -> None:
+    model, forest = multiclass_pair()
+    X = edge_rows(forest, 6, 14)[:300]
+    got = fk.sums_cuda(forest, X.astype(np.float32).astype(np.float64), np, host_forest_cu) / forest.n_trees
+    np.testing.assert_allclose(got, model.predict_proba(X), rtol=0, atol=TOL)
+
+
+def test_the_cuda_engine_needs_cupy_arrays(lightgbm_pair: Any) -> None:
+    with pytest.raises(fk.ForestError, match="cuda engine runs on CuPy"):
+        fk.predict_proba(lightgbm_pair[1], data(10, 1)[0], engine="cuda")
+
+
+@GPU
+def test_the_gpu_engine_equals_the_cpu_engine_bit_for_bit(sklearn_pair: Any, lightgbm_pair: Any) -> None:
+    """Many rows (several blocks of threads), both comparison precisions, a forest kept on the device."""
+    for forest in (sklearn_pair[1], lightgbm_pair[1], multiclass_pair()[1]):
+        X = np.vstack([edge_rows(forest, 6, 15), data(20_000, 16)[0]])
+        cpu = fk.predict_proba(forest, X)
+        on_device = forest.on(CUPY)
+        for f in (forest, on_device):
+            np.testing.assert_array_equal(host(fk.predict_proba(f, CUPY.asarray(X))), cpu)
+        np.testing.assert_array_equal(host(fk.predict_proba(on_device, CUPY.asarray(X[:1]))), cpu[:1])
