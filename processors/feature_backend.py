@@ -1,4 +1,5 @@
-"""Where the feature kernels run: `auto`, `cpu` or `gpu`, and a CPU recompute for every batch the GPU fails.
+"""Where the feature kernels (and the forest kernel) run: `auto`, `cpu` or `gpu`, and a CPU recompute for every
+batch the GPU fails.
 
 `auto` uses the GPU when CuPy sees a device and the CUDA kernels compile; otherwise the CPU, quietly.
 `gpu` insists: a batch the GPU cannot compute (no CuPy, no device, out of memory, a CUDA error) is
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -21,10 +23,11 @@ from processors import metrics as m
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "cpu", "gpu")
+T = TypeVar("T")
 
 
-def probe_gpu() -> tuple[Any, str]:
-    """(cupy, "") when the GPU kernels can run here, else (None, why not)."""
+def probe_gpu(source: str = "indicators.cu", kernel: str = "sq_sma") -> tuple[Any, str]:
+    """(cupy, "") when the GPU kernels of `gpu_kernels/<source>` can run here, else (None, why not)."""
     try:
         import cupy
     except ImportError:
@@ -34,14 +37,22 @@ def probe_gpu() -> tuple[Any, str]:
             return None, "no CUDA device is visible"
         from gpu_kernels.cuda_indicators import _module
 
-        _module().get_function("sq_sma")  # compiles the kernels once, here rather than in the first batch
+        _module(source).get_function(kernel)  # compiles the kernels once, here rather than in the first batch
     except Exception as err:  # a driver, runtime or NVRTC error: the device is not usable
         return None, f"the GPU kernels cannot run: {err}"
     return cupy, ""
 
 
-class FeatureBackend:
-    """Runs `FeatureSet.compute` on the chosen backend for the feature engine."""
+def probe_forest_gpu() -> tuple[Any, str]:
+    return probe_gpu("forest.cu", "sq_forest_f64")
+
+
+class DeviceBackend:
+    """Runs each batch on the GPU when the preference and the machine allow, else (or when it fails) on the CPU.
+
+    `processor` labels the metrics: `streamquant_active_backend` follows the backend of the last batch, and
+    `streamquant_gpu_fallbacks_total` counts the batches recomputed on the CPU under `gpu` or after a GPU error.
+    """
 
     def __init__(self, preference: str = "auto", processor: str = "features", probe: Any = probe_gpu) -> None:
         if preference not in BACKENDS:
@@ -52,20 +63,19 @@ class FeatureBackend:
         self._cupy, self.reason = found
         self._warned_at = 0.0
         if preference == "gpu" and self._cupy is None:
-            log.warning("backend gpu: %s; every batch is computed on the CPU and counted as a GPU fallback",
-                        self.reason)
-        self._show("gpu" if self._cupy is not None else "cpu")
+            log.warning("%s backend gpu: %s; every batch is computed on the CPU and counted as a GPU fallback",
+                        processor, self.reason)
+        self._show(self.active)
 
     @property
     def active(self) -> str:
         return "gpu" if self._cupy is not None else "cpu"
 
-    def compute(self, fs: FeatureSet, state: FeatureState, seg_slot: np.ndarray, seg_lo: np.ndarray,
-                seg_hi: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray
-                ) -> tuple[dict[str, np.ndarray], FeatureState]:
+    def run(self, on_gpu: Callable[[Any], T], on_cpu: Callable[[], T]) -> T:
+        """on_gpu(cupy) when the GPU is in use and it succeeds; else on_cpu(), counted where the GPU was wanted."""
         if self._cupy is not None:
             try:
-                out = self._on_gpu(fs, state, seg_slot, seg_lo, seg_hi, high, low, close, volume)
+                out = on_gpu(self._cupy)
                 self._show("gpu")
                 return out
             except Exception as err:  # out of memory, a CUDA or driver error: this batch goes to the CPU
@@ -73,24 +83,33 @@ class FeatureBackend:
         elif self.preference == "gpu":
             self._fallback(self.reason)
         self._show("cpu")
-        return fs.compute(state, seg_slot, seg_lo, seg_hi, high, low, close, volume)
-
-    def _on_gpu(self, fs: FeatureSet, state: FeatureState, *arrays: np.ndarray
-                ) -> tuple[dict[str, np.ndarray], FeatureState]:
-        cp = self._cupy
-        assert cp is not None
-        device = [cp.asarray(a) for a in arrays]
-        out, new = fs.compute(state, *device)
-        host = {name: cp.asnumpy(col) for name, col in out.items()}
-        return host, FeatureState(tuple(cp.asnumpy(c) for c in new.counts), tuple(cp.asnumpy(v) for v in new.vals))
+        return on_cpu()
 
     def _fallback(self, reason: str) -> None:
         m.GPU_FALLBACKS.labels(self.processor).inc()
         now = time.monotonic()
         if now - self._warned_at >= 60.0:  # one line a minute, not one per batch
             self._warned_at = now
-            log.warning("GPU batch recomputed on the CPU (%s)", reason)
+            log.warning("%s: GPU batch recomputed on the CPU (%s)", self.processor, reason)
 
     def _show(self, backend: str) -> None:
         m.ACTIVE_BACKEND.labels(self.processor, backend).set(1)
         m.ACTIVE_BACKEND.labels(self.processor, "gpu" if backend == "cpu" else "cpu").set(0)
+
+
+class FeatureBackend(DeviceBackend):
+    """Runs `FeatureSet.compute` on the chosen backend for the feature engine."""
+
+    def compute(self, fs: FeatureSet, state: FeatureState, seg_slot: np.ndarray, seg_lo: np.ndarray,
+                seg_hi: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray
+                ) -> tuple[dict[str, np.ndarray], FeatureState]:
+        arrays = (seg_slot, seg_lo, seg_hi, high, low, close, volume)
+        return self.run(lambda cp: self._on_gpu(cp, fs, state, *arrays), lambda: fs.compute(state, *arrays))
+
+    @staticmethod
+    def _on_gpu(cp: Any, fs: FeatureSet, state: FeatureState, *arrays: np.ndarray
+                ) -> tuple[dict[str, np.ndarray], FeatureState]:
+        device = [cp.asarray(a) for a in arrays]
+        out, new = fs.compute(state, *device)
+        host = {name: cp.asnumpy(col) for name, col in out.items()}
+        return host, FeatureState(tuple(cp.asnumpy(c) for c in new.counts), tuple(cp.asnumpy(v) for v in new.vals))

@@ -89,7 +89,6 @@ class PredictionProcessor(EosProcessor):
         self.scorer: Any = None
         self._refused: tuple[int, str] | None = None  # the active version that failed to load (not retried)
         super().__init__(source_factory, sink_factory)
-        m.ACTIVE_BACKEND.labels(NAME, "cpu").set(1)  # features arrive as NumPy rows: scored on the CPU
 
     # ------------------------------------------------------------------ model
 

@@ -161,22 +161,38 @@ def publish(config: KafkaConfig, topic: str, records: Iterable[ModelVersion]) ->
 
 
 class ForestScorer:
-    """A verified forest of a direction model: P(up) per row of features (in the version's feature order)."""
+    """A verified forest of a direction model: P(up) per row of features (in the version's feature order),
+    on the GPU (`forest.cu`, the tables copied to the device once) when `backend` uses it, else the CPU."""
 
-    def __init__(self, forest: Any) -> None:
-        from gpu_kernels import forest as forest_kernels
-
+    def __init__(self, forest: Any, backend: Any = None) -> None:
         self.forest = forest
-        self._predict = forest_kernels.predict_proba
+        self.backend = backend
+        self._on_device: Any = None
         classes = [int(c) for c in getattr(forest, "classes", (0, 1))]
         self._up = classes.index(1) if 1 in classes else len(classes) - 1
 
     def predict_up(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self._predict(self.forest, rows))[:, self._up]
+        from gpu_kernels import forest as forest_kernels
+
+        def on_cpu() -> np.ndarray:
+            return np.asarray(forest_kernels.predict_proba(self.forest, rows))[:, self._up]
+
+        if self.backend is None:
+            return on_cpu()
+        return self.backend.run(lambda cp: self._on_gpu(cp, rows), on_cpu)
+
+    def _on_gpu(self, cp: Any, rows: np.ndarray) -> np.ndarray:
+        from gpu_kernels import forest as forest_kernels
+
+        if self._on_device is None:
+            self._on_device = self.forest.on(cp)
+        proba = forest_kernels.predict_proba(self._on_device, cp.asarray(rows, dtype=np.float64))
+        return cp.asnumpy(proba[:, self._up])
 
 
-def load_scorer(version: ModelVersion) -> ForestScorer:
-    """The version's forest, loaded only if its artifact's sha256 is the one registered (never a pickle)."""
+def load_scorer(version: ModelVersion, backend: Any = None) -> ForestScorer:
+    """The version's forest, loaded only if its artifact's sha256 is the one registered (never a pickle);
+    scored on `backend` (a `processors.feature_backend.DeviceBackend`; None: the CPU)."""
     from gpu_kernels import forest as forest_kernels
 
     try:
@@ -189,4 +205,4 @@ def load_scorer(version: ModelVersion) -> ForestScorer:
     if not forest.is_classifier:
         raise InvalidCommand(f"model {version.model} v{version.version} is a regressor (a forward_return label): "
                              "predictions give P(up), which needs a direction model (a classifier)")
-    return ForestScorer(forest)
+    return ForestScorer(forest, backend)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from processors.errors import InvalidCommand
+from processors.feature_backend import DeviceBackend, probe_forest_gpu
 from processors.gpu_metrics import register_gpu_metrics
 from processors.predict_service import PredictService
 from processors.prediction_processor import PredictionProcessor, PredictionTopics, Thresholds
@@ -73,8 +75,11 @@ def run_predictions(
                                  transaction_timeout_ms=p.transaction_timeout_ms)
 
     models = catalog.name("models")
+    batches = DeviceBackend(p.backend, "predictions", probe_forest_gpu)
+    requests = DeviceBackend(p.backend, "predict", probe_forest_gpu)
     processor = PredictionProcessor(p.model, p.interval, topics, source_factory, sink_factory,
-                                    RegistryReader(settings.kafka, models), load_scorer, thresholds)
+                                    RegistryReader(settings.kafka, models),
+                                    functools.partial(load_scorer, backend=batches), thresholds)
     service = PredictService(
         # Static membership: a restarted instance takes its request partitions back at once instead of
         # leaving them unanswered until its dead predecessor's session times out.
@@ -82,7 +87,8 @@ def run_predictions(
                     max_wait_s=0.0, auto_offset_reset="latest",
                     extra={"group.instance.id": f"{instance}-predict", "session.timeout.ms": 10_000}),
         KafkaSink(settings.kafka, extra={"linger.ms": 0}), catalog.name("ml.predict.responses"),
-        catalog.name("ml.predict.requests.dlq"), RegistryReader(settings.kafka, models), load_scorer,
+        catalog.name("ml.predict.requests.dlq"), RegistryReader(settings.kafka, models),
+        functools.partial(load_scorer, backend=requests),
         online_store(settings), p.interval, thresholds)
     if settings.metrics.port:
         start_http_server(settings.metrics.port)

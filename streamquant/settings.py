@@ -127,6 +127,9 @@ class PredictionsSettings(_Section):
     short_threshold: float = Field(default=0.45, ge=0, le=1, description="signal -1 when P(up) is at most this")
     transaction_timeout_ms: int = Field(default=10_000, ge=1_000)
     online_ttl_s: int = Field(default=86_400, ge=1, description="how long the online store keeps a feature vector")
+    backend: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto", description="where the forest is scored; auto: the GPU when CuPy sees one. A batch the GPU "
+                                    "fails is scored on the CPU (streamquant_gpu_fallbacks_total)")
 
 
 SECTIONS = ("kafka", "redis", "topics", "ingest", "dev", "metrics", "features", "jobs", "predictions")

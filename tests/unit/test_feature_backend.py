@@ -106,3 +106,27 @@ def test_the_engine_on_backend_gpu_publishes_what_the_cpu_does() -> None:
         assert len(cpu) > 20
         for name, values in cpu.features.items():
             np.testing.assert_allclose(gpu.features[name], values, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_the_forest_scorer_falls_back_to_the_cpu_and_uses_a_real_gpu_where_there_is_one() -> None:
+    """predictions: a device that fails scores the batch on the CPU, counted; a real GPU gives the CPU's bits."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from gpu_kernels.forest_export import from_sklearn
+    from processors.feature_backend import DeviceBackend, probe_forest_gpu
+    from processors.registry import ForestScorer
+
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((400, 5))
+    model = RandomForestClassifier(n_estimators=7, max_depth=5, random_state=0).fit(X, X[:, 0] + X[:, 1] > 0)
+    forest = from_sklearn(model)
+    want = model.predict_proba(X)[:, 1]
+    before = REGISTRY.get_sample_value("streamquant_gpu_fallbacks_total", {"processor": "predictions"}) or 0.0
+    failing = ForestScorer(forest, DeviceBackend("auto", "predictions", probe=lambda: (FailingDevice(), "")))
+    np.testing.assert_allclose(failing.predict_up(X), want, rtol=0, atol=1e-12)
+    assert REGISTRY.get_sample_value("streamquant_gpu_fallbacks_total", {"processor": "predictions"}) == before + 1
+    real = DeviceBackend("auto", "predictions", probe=probe_forest_gpu)
+    got = ForestScorer(forest, real).predict_up(X)
+    np.testing.assert_array_equal(got, ForestScorer(forest).predict_up(X))  # GPU or not: the same bits
+    assert REGISTRY.get_sample_value("streamquant_active_backend",
+                                     {"processor": "predictions", "backend": real.active}) == 1
