@@ -1,11 +1,14 @@
 """The feature kernels on the GPU against this project's CPU path, same bars, same run.
 
-    python -m bench.kernels_gpu [--symbols 1000] [--bars 10000] [--json OUT]
+    python -m bench.kernels_gpu [--symbols 1000] [--bars 10000] [--engine-ticks 1000000] [--json OUT]
 
 Both compute the 14 default columns over symbols × bars (10M bars by default) with `FeatureSet.compute`:
 the CPU with the Numba kernels on one core, the GPU with `indicators.cu` (one thread per symbol), timed
 with the inputs already on the device and, separately, including the copies to and from the device (what a
-streaming batch pays). Best of 3. Needs CuPy and a GPU; `make gpu-check` runs it after the parity tests.
+streaming batch pays). Best of 3. Then the feature engine itself (ticks → bars → features, what `run features`
+does per micro-batch, without Kafka) on backend cpu and gpu over the same ticks (500 symbols) cut into
+micro-batches of 5,000 and 50,000 ticks: ticks/s of each, and their features compared.
+Needs CuPy and a GPU; `make gpu-check` runs it after the parity tests.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, default=1000)
     parser.add_argument("--bars", type=int, default=10_000)
+    parser.add_argument("--engine-ticks", type=int, default=1_000_000, help="ticks through the feature engine")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     try:
@@ -87,9 +92,43 @@ def main() -> None:
     print(f"| GPU, with copies to and from the device | {copies_s:.4f} | {bars / copies_s:,.0f} | "
           f"{cpu_s / copies_s:.1f}× |")
     print(f"largest difference GPU vs CPU: {worst:.2e} of the column's scale")
+    if args.engine_ticks:
+        result["engine"] = engine_backends(args.engine_ticks)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+
+
+def engine_backends(ticks: int) -> dict[str, float]:
+    """ticks/s of FeatureEngine.process on backend cpu and gpu, same micro-batches; features must agree."""
+    from processors.features import EngineConfig, FeatureEngine
+    from processors.synthetic import MarketSpec, TickGenerator
+
+    chunks = TickGenerator(MarketSpec(symbols=500, seed=3, rate=10_000)).next_chunk(ticks)
+    figures: dict[str, float] = {}
+    for batch in (5_000, 50_000):
+        pieces = [chunks.take(slice(lo, lo + batch)) for lo in range(0, ticks, batch)]
+        closed: dict[str, list[Any]] = {}
+        for backend in ("cpu", "gpu"):
+            engine = FeatureEngine(EngineConfig(intervals=("1s", "1m"), backend=backend))
+            assert engine.backend.active == backend, f"backend {backend} not in use: {engine.backend.reason}"
+            state = engine.empty_state()
+            engine.process(state, pieces[0])  # compiles the kernels outside the timing
+            state = engine.empty_state()
+            out: list[Any] = []
+            started = time.perf_counter()
+            for piece in pieces:
+                result, state = engine.process(state, piece)
+                out.extend(result.closed)
+            figures[f"{backend}_batch_{batch}_ticks_per_s"] = ticks / (time.perf_counter() - started)
+            closed[backend] = out
+        for cpu, gpu in zip(closed["cpu"], closed["gpu"], strict=True):
+            for name, values in cpu.features.items():
+                np.testing.assert_allclose(gpu.features[name], values, rtol=1e-9, atol=1e-12, err_msg=name)
+        print(f"feature engine, {ticks:,} ticks in batches of {batch:,}: CPU "
+              f"{figures[f'cpu_batch_{batch}_ticks_per_s']:,.0f} ticks/s, GPU "
+              f"{figures[f'gpu_batch_{batch}_ticks_per_s']:,.0f} ticks/s (features equal to 1e-9)", flush=True)
+    return figures
 
 
 if __name__ == "__main__":
