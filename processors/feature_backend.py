@@ -1,7 +1,8 @@
 """Where the feature kernels (and the forest kernel) run: `auto`, `cpu` or `gpu`, and a CPU recompute for every
 batch the GPU fails.
 
-`auto` uses the GPU when CuPy sees a device and the CUDA kernels compile; otherwise the CPU, quietly.
+`auto` uses the GPU when CuPy sees a device and the CUDA kernels compile, for batches of at least `min_rows`
+rows (smaller ones are faster on the CPU); otherwise the CPU, quietly.
 `gpu` insists: a batch the GPU cannot compute (no CuPy, no device, out of memory, a CUDA error) is
 recomputed on the CPU and counted in `streamquant_gpu_fallbacks_total` — never lost, never failed. The
 state stays on the host between batches (it is checkpointed to the changelog anyway); a GPU batch copies
@@ -54,11 +55,13 @@ class DeviceBackend:
     `streamquant_gpu_fallbacks_total` counts the batches recomputed on the CPU under `gpu` or after a GPU error.
     """
 
-    def __init__(self, preference: str = "auto", processor: str = "features", probe: Any = probe_gpu) -> None:
+    def __init__(self, preference: str = "auto", processor: str = "features", probe: Any = probe_gpu,
+                 min_rows: int = 0) -> None:
         if preference not in BACKENDS:
             raise ValueError(f"unknown backend {preference!r} (auto, cpu or gpu)")
         self.preference = preference
         self.processor = processor
+        self.min_rows = min_rows
         found: tuple[Any, str] = (None, "the cpu backend was chosen") if preference == "cpu" else probe()
         self._cupy, self.reason = found
         self._warned_at = 0.0
@@ -71,9 +74,13 @@ class DeviceBackend:
     def active(self) -> str:
         return "gpu" if self._cupy is not None else "cpu"
 
-    def run(self, on_gpu: Callable[[Any], T], on_cpu: Callable[[], T]) -> T:
-        """on_gpu(cupy) when the GPU is in use and it succeeds; else on_cpu(), counted where the GPU was wanted."""
-        if self._cupy is not None:
+    def run(self, on_gpu: Callable[[Any], T], on_cpu: Callable[[], T], rows: int | None = None) -> T:
+        """on_gpu(cupy) when the GPU is in use and it succeeds; else on_cpu(), counted where the GPU was wanted.
+
+        Under `auto`, a batch of fewer than `min_rows` rows runs on the CPU, uncounted: below that size the
+        copies and launches cost more than the CPU's whole computation (bench/RESULTS.md, GPU section)."""
+        small = rows is not None and rows < self.min_rows and self.preference == "auto"
+        if self._cupy is not None and not small:
             try:
                 out = on_gpu(self._cupy)
                 self._show("gpu")
@@ -104,7 +111,8 @@ class FeatureBackend(DeviceBackend):
                 seg_hi: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray
                 ) -> tuple[dict[str, np.ndarray], FeatureState]:
         arrays = (seg_slot, seg_lo, seg_hi, high, low, close, volume)
-        return self.run(lambda cp: self._on_gpu(cp, fs, state, *arrays), lambda: fs.compute(state, *arrays))
+        return self.run(lambda cp: self._on_gpu(cp, fs, state, *arrays), lambda: fs.compute(state, *arrays),
+                        rows=len(close))
 
     @staticmethod
     def _on_gpu(cp: Any, fs: FeatureSet, state: FeatureState, *arrays: np.ndarray

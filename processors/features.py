@@ -35,6 +35,7 @@ class EngineConfig:
     lateness_ms: int = 0
     features: tuple[str, ...] = DEFAULT_FEATURES
     backend: str = "auto"  # where the indicator kernels run: auto, cpu or gpu (processors.feature_backend)
+    gpu_min_bars: int = 30_000  # under auto, smaller batches run on the CPU (faster there: bench/RESULTS.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ class FeatureEngine:
         self.config = config or EngineConfig()
         self.interval_ms = {name: interval_ms(name) for name in self.config.intervals}
         self.feature_set = FeatureSet(self.config.features)
-        self.backend = FeatureBackend(self.config.backend)
+        self.backend = FeatureBackend(self.config.backend, min_rows=self.config.gpu_min_bars)
 
     def empty_state(self) -> PartitionState:
         return PartitionState({}, (), {iv: BarState.empty() for iv in self.config.intervals},
@@ -135,15 +136,21 @@ class FeatureEngine:
 
 
 def features_for_bars(feature_set: FeatureSet, symbols: Sequence[str] | np.ndarray, high: np.ndarray, low: np.ndarray,
-                      close: np.ndarray, volume: np.ndarray) -> dict[str, np.ndarray]:
-    """Indicators over finished bars (rows grouped by symbol, each group in time order)."""
+                      close: np.ndarray, volume: np.ndarray, backend: FeatureBackend | None = None
+                      ) -> dict[str, np.ndarray]:
+    """Indicators over finished bars (rows grouped by symbol, each group in time order), on `backend` if given
+    (else the CPU)."""
     sym = np.asarray(symbols, dtype=object)
     if len(sym) == 0:
         return {name: np.empty(0) for name in feature_set.names}
     bounds = np.flatnonzero(np.r_[True, sym[1:] != sym[:-1], True])
     seg_lo, seg_hi = bounds[:-1], bounds[1:]
-    values, _ = feature_set.compute(feature_set.empty_state(), np.arange(len(seg_lo)), seg_lo, seg_hi,
+    if backend is not None:
+        values, _ = backend.compute(feature_set, feature_set.empty_state(), np.arange(len(seg_lo)), seg_lo, seg_hi,
                                     high, low, close, volume)
+    else:
+        values, _ = feature_set.compute(feature_set.empty_state(), np.arange(len(seg_lo)), seg_lo, seg_hi,
+                                        high, low, close, volume)
     return values
 
 

@@ -179,7 +179,7 @@ class ForestScorer:
 
         if self.backend is None:
             return on_cpu()
-        return self.backend.run(lambda cp: self._on_gpu(cp, rows), on_cpu)
+        return self.backend.run(lambda cp: self._on_gpu(cp, rows), on_cpu, rows=len(rows))
 
     def _on_gpu(self, cp: Any, rows: np.ndarray) -> np.ndarray:
         from gpu_kernels import forest as forest_kernels

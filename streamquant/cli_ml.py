@@ -75,8 +75,8 @@ def run_predictions(
                                  transaction_timeout_ms=p.transaction_timeout_ms)
 
     models = catalog.name("models")
-    batches = DeviceBackend(p.backend, "predictions", probe_forest_gpu)
-    requests = DeviceBackend(p.backend, "predict", probe_forest_gpu)
+    batches = DeviceBackend(p.backend, "predictions", probe_forest_gpu, p.gpu_min_rows)
+    requests = DeviceBackend(p.backend, "predict", probe_forest_gpu, p.gpu_min_rows)
     processor = PredictionProcessor(p.model, p.interval, topics, source_factory, sink_factory,
                                     RegistryReader(settings.kafka, models),
                                     functools.partial(load_scorer, backend=batches), thresholds)

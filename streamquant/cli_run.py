@@ -17,7 +17,7 @@ import typer
 from prometheus_client import start_http_server
 from rich.console import Console
 
-from gpu_kernels.features import FeatureError, FeatureSet
+from gpu_kernels.features import FeatureError
 from processors.feature_processor import FeatureProcessor, FeatureTopics
 from processors.features import EngineConfig, FeatureEngine, features_for_bars, interval_ms
 from processors.gpu_metrics import register_gpu_metrics
@@ -57,7 +57,8 @@ def _engine(settings: Settings) -> FeatureEngine:
         for iv in f.intervals:
             interval_ms(iv)
         return FeatureEngine(EngineConfig(intervals=tuple(f.intervals), lateness_ms=f.lateness_ms,
-                                          features=tuple(f.features), backend=f.backend))
+                                          features=tuple(f.features), backend=f.backend,
+                                          gpu_min_bars=f.gpu_min_bars))
     except (ValueError, FeatureError) as err:
         raise UserError(f"features settings: {err}") from None
 
@@ -148,7 +149,7 @@ def features_compute(
     table = read_table(input_path)
     names = set(table.column_names)
     if set(BAR_COLUMNS) <= names:
-        result = _from_bars(engine.feature_set, table)
+        result = _from_bars(engine, table)
     elif set(TICK_COLUMNS) <= names:
         result = _from_ticks(engine, table)
     else:
@@ -157,11 +158,13 @@ def features_compute(
     console.print(f"wrote {result.num_rows:,} rows × {len(engine.feature_set.names)} features to {output_path}")
 
 
-def _from_bars(feature_set: FeatureSet, table: pa.Table) -> pa.Table:
+def _from_bars(engine: FeatureEngine, table: pa.Table) -> pa.Table:
+    feature_set = engine.feature_set
     table = table.sort_by([("symbol", "ascending"), ("ts", "ascending")])
     col = {n: table.column(n).to_numpy(zero_copy_only=False) for n in BAR_COLUMNS}
     values = features_for_bars(feature_set, col["symbol"], *(col[n].astype(np.float64)
-                                                              for n in ("high", "low", "close", "volume")))
+                                                              for n in ("high", "low", "close", "volume")),
+                               backend=engine.backend)
     for name in feature_set.names:
         table = table.append_column(name, pa.array(values[name], mask=np.isnan(values[name])))
     return table

@@ -98,6 +98,9 @@ class FeaturesSettings(_Section):
     backend: Literal["auto", "cpu", "gpu"] = Field(
         default="auto", description="where the indicator kernels run; auto: the GPU when CuPy sees one. A batch the "
                                     "GPU fails is recomputed on the CPU (streamquant_gpu_fallbacks_total)")
+    gpu_min_bars: int = Field(
+        default=30_000, ge=0, description="under backend auto, batches of fewer bars run on the CPU, which is faster "
+                                          "for them than copies and launches (measured: bench/RESULTS.md)")
 
 
 class JobsSettings(_Section):
@@ -130,6 +133,9 @@ class PredictionsSettings(_Section):
     backend: Literal["auto", "cpu", "gpu"] = Field(
         default="auto", description="where the forest is scored; auto: the GPU when CuPy sees one. A batch the GPU "
                                     "fails is scored on the CPU (streamquant_gpu_fallbacks_total)")
+    gpu_min_rows: int = Field(
+        default=256, ge=0, description="under backend auto, batches of fewer rows are scored on the CPU, which is "
+                                       "faster for them (measured: bench/RESULTS.md)")
 
 
 SECTIONS = ("kafka", "redis", "topics", "ingest", "dev", "metrics", "features", "jobs", "predictions")

@@ -127,6 +127,39 @@ def test_the_forest_scorer_falls_back_to_the_cpu_and_uses_a_real_gpu_where_there
     assert REGISTRY.get_sample_value("streamquant_gpu_fallbacks_total", {"processor": "predictions"}) == before + 1
     real = DeviceBackend("auto", "predictions", probe=probe_forest_gpu)
     got = ForestScorer(forest, real).predict_up(X)
-    np.testing.assert_array_equal(got, ForestScorer(forest).predict_up(X))  # GPU or not: the same bits
+    np.testing.assert_array_equal(got, ForestScorer(forest).predict_up(X))  # GPU or not: the same bits (no exp)
     assert REGISTRY.get_sample_value("streamquant_active_backend",
                                      {"processor": "predictions", "backend": real.active}) == 1
+
+
+class HostAsDevice:
+    """Stands in for a working CuPy: 'device' arrays are NumPy arrays; counts the batches sent to it."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        self.batches += 1
+        return np.asarray(a, dtype=dtype)
+
+    def asnumpy(self, a: Any) -> Any:
+        return np.asarray(a)
+
+
+@pytest.mark.parametrize(("preference", "small_on_gpu"), [("auto", False), ("gpu", True)])
+def test_auto_keeps_small_batches_on_the_cpu_uncounted(preference: str, small_on_gpu: bool) -> None:
+    device = HostAsDevice()
+    backend = FeatureBackend(preference, probe=lambda: (device, ""), min_rows=250)
+    fs = FeatureSet()
+    before = fallbacks()
+    want, _ = fs.compute(fs.empty_state(), *batch())
+    small = (np.array([0]), np.array([0]), np.array([120]), *(a[:120] for a in batch()[3:]))
+    got, _ = backend.compute(fs, fs.empty_state(), *small)  # 120 bars < 250
+    assert (device.batches > 0) is small_on_gpu and fallbacks() == before
+    assert active("gpu" if small_on_gpu else "cpu") == 1
+    for name, values in got.items():
+        np.testing.assert_array_equal(values, want[name][:120])
+    got, _ = backend.compute(fs, fs.empty_state(), *batch())  # 300 bars: the device
+    assert device.batches > 0 and active("gpu") == 1 and fallbacks() == before
+    for name, values in got.items():
+        np.testing.assert_array_equal(values, want[name])
