@@ -92,6 +92,22 @@ def main() -> None:
     print(f"| GPU, with copies to and from the device | {copies_s:.4f} | {bars / copies_s:,.0f} | "
           f"{cpu_s / copies_s:.1f}× |")
     print(f"largest difference GPU vs CPU: {worst:.2e} of the column's scale")
+    result["sweep"] = {}
+    for per_symbol in (1, 10, 100, 1000):  # 1,000 symbols: where the GPU with its copies starts to pay
+        rows = s * per_symbol
+        part = [a.reshape(s, n)[:, :per_symbol].reshape(-1).copy() for a in flat]
+        lo_p = np.arange(s) * per_symbol
+        cpu_p = best(lambda p=part, lo=lo_p, k=per_symbol: fs.compute(state, slots, lo, lo + k, *p), lambda: None, 5)
+
+        def copies_p(p: list[np.ndarray] = part, lo: np.ndarray = lo_p, k: int = per_symbol) -> None:
+            out, new = fs.compute(state, *(cupy.asarray(a) for a in (slots, lo, lo + k, *p)))
+            {k2: cupy.asnumpy(v) for k2, v in out.items()}
+            [cupy.asnumpy(v) for v in new.vals]
+
+        gpu_p = best(copies_p, sync, 5)
+        result["sweep"][rows] = {"cpu_s": cpu_p, "gpu_with_copies_s": gpu_p}
+        print(f"{rows:>10,} bars in one batch: CPU {cpu_p * 1e3:8.2f} ms, GPU with copies {gpu_p * 1e3:8.2f} ms",
+              flush=True)
     if args.engine_ticks:
         result["engine"] = engine_backends(args.engine_ticks)
     if args.json:

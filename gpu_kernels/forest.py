@@ -340,7 +340,7 @@ def sums_cuda(forest: Forest, X: Any, xp: ModuleType, launch: Any) -> Any:
         on_host = forest if isinstance(forest.feature, np.ndarray) else \
             replace(forest, **{name: getattr(forest, name).get() for name in ARRAYS})  # CuPy tables
         h = _layout(on_host)
-        lay = _Layout(*(xp.ascontiguousarray(a) for a in (h.threshold, h.word, h.value, h.roots, h.depth)))
+        lay = _Layout(*(xp.ascontiguousarray(xp.asarray(a)) for a in (h.threshold, h.word, h.value, h.roots, h.depth)))
         object.__setattr__(forest, "_device_layout", lay)
     real = np.float32 if forest.float32_inputs else np.float64
     X = xp.ascontiguousarray(X, dtype=real)  # exact for float32_inputs: X holds float32 values already

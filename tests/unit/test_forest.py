@@ -287,11 +287,15 @@ def test_the_cuda_engine_needs_cupy_arrays(lightgbm_pair: Any) -> None:
 
 @GPU
 def test_the_gpu_engine_equals_the_cpu_engine_bit_for_bit(sklearn_pair: Any, lightgbm_pair: Any) -> None:
-    """Many rows (several blocks of threads), both comparison precisions, a forest kept on the device."""
+    """Many rows (several blocks of threads), both comparison precisions, a forest kept on the device: the same
+    leaf sums to the bit; probabilities to an ulp (LightGBM's sigmoid uses the device's exp)."""
     for forest in (sklearn_pair[1], lightgbm_pair[1], multiclass_pair()[1]):
         X = np.vstack([edge_rows(forest, 6, 15), data(20_000, 16)[0]])
+        _, cpu_sums = fk._scores(forest, X, "compiled")
         cpu = fk.predict_proba(forest, X)
         on_device = forest.on(CUPY)
         for f in (forest, on_device):
-            np.testing.assert_array_equal(host(fk.predict_proba(f, CUPY.asarray(X))), cpu)
-        np.testing.assert_array_equal(host(fk.predict_proba(on_device, CUPY.asarray(X[:1]))), cpu[:1])
+            _, gpu_sums = fk._scores(f, CUPY.asarray(X), "cuda")
+            np.testing.assert_array_equal(host(gpu_sums), cpu_sums)
+            np.testing.assert_allclose(host(fk.predict_proba(f, CUPY.asarray(X))), cpu, rtol=0, atol=1e-15)
+        np.testing.assert_array_equal(host(fk._scores(on_device, CUPY.asarray(X[:1]), "cuda")[1]), cpu_sums[:1])
