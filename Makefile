@@ -97,6 +97,7 @@ gpu-check: ## With an NVIDIA GPU and CuPy (no network): the GPU parity tests, th
 		tests/unit/test_backtest_engine.py tests/unit/test_forest.py
 	$(GPU_PYTHON) -m bench.kernels_gpu
 	$(GPU_PYTHON) -m bench.forest_gpu
+	$(GPU_PYTHON) -m bench.backtest_gpu
 
 clean: ## Remove caches (keeps .venv and the Kafka jar cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
