@@ -9,7 +9,7 @@ changelog and restore it.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,21 +134,51 @@ class FeatureSet:
         # CPU: every group over one window of rows at a time, so the inputs stay in cache across the groups
         # (a series cut at a window edge simply continues from its state: the kernels are split-invariant).
         # GPU: one launch per group over all rows.
-        window = _WINDOW if xp is np else max(rows, 1)
-        for start in range(0, rows, window):
-            end = min(start + window, rows)
-            if start == 0 and end == rows:
-                w_slot, w_lo, w_hi = seg_slot, seg_lo, seg_hi
-            else:
-                inside = (seg_hi > start) & (seg_lo < end)
-                w_slot = seg_slot[inside]
-                w_lo = xp.maximum(seg_lo[inside], start)
-                w_hi = xp.minimum(seg_hi[inside], end)
+        windows = _windows(seg_slot, seg_lo, seg_hi, rows) if xp is np else [(seg_slot, seg_lo, seg_hi)]
+        for w_slot, w_lo, w_hi in windows:
             for group, counts, vals, cols in zip(self._groups, counts_out, vals_out, columns, strict=True):
                 _run(kernels, group, w_slot, w_lo, w_hi, high, low, close, volume, counts, vals, cols)
         out = {name: cols[column] for group, cols in zip(self._groups, columns, strict=True)
                for name, column in group.columns.items()}
         return {name: out[name] for name in self.names}, FeatureState(tuple(counts_out), tuple(vals_out))
+
+
+def _windows(seg_slot: np.ndarray, seg_lo: np.ndarray, seg_hi: np.ndarray, rows: int,
+             window: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The segments cut into windows of about `window` rows, in order.
+
+    Segments are taken two at a time (the recursive kernels step two series side by side) and cut into
+    pieces of at most window / 2 rows each, piece t of both in the same window; pieces of one series stay
+    in order, so each series continues from its own state."""
+    window = window or _WINDOW
+    if rows <= window:
+        yield seg_slot, seg_lo, seg_hi
+        return
+    half = window // 2
+    slots, los, his = seg_slot.tolist(), seg_lo.tolist(), seg_hi.tolist()
+    w_slot: list[int] = []
+    w_lo: list[int] = []
+    w_hi: list[int] = []
+    filled = 0
+    g, n = 0, len(slots)
+    while g < n:
+        members = (g, g + 1) if g + 1 < n and slots[g + 1] != slots[g] else (g,)
+        longest = max(his[i] - los[i] for i in members)
+        for t in range(0, max(longest, 1), half):
+            for i in members:
+                lo = los[i] + t
+                hi = min(his[i], lo + half)
+                if lo < hi:
+                    w_slot.append(slots[i])
+                    w_lo.append(lo)
+                    w_hi.append(hi)
+                    filled += hi - lo
+            if filled >= window:
+                yield np.asarray(w_slot, np.int64), np.asarray(w_lo, np.int64), np.asarray(w_hi, np.int64)
+                w_slot, w_lo, w_hi, filled = [], [], [], 0
+        g += len(members)
+    if w_slot:
+        yield np.asarray(w_slot, np.int64), np.asarray(w_lo, np.int64), np.asarray(w_hi, np.int64)
 
 
 def _xp(a: Any) -> Any:

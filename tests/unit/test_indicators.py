@@ -146,3 +146,49 @@ def test_state_is_not_changed_in_place() -> None:
 def test_bad_feature_names_are_refused(name: str) -> None:
     with pytest.raises(FeatureError):
         FeatureSet([name])
+
+
+@pytest.mark.parametrize("kernel", ["ema", "rsi", "atr", "obv", "sma", "bbands", "logret_std"])
+def test_one_series_in_two_segments_of_one_call_continues_itself(kernel: str) -> None:
+    """The recursive kernels step two segments side by side when they belong to different series; two segments
+    of the same series in one call must still run one after the other."""
+    from gpu_kernels import indicators as ind
+
+    m = market(11, 300)
+    args = {"ema": (m["close"], 9), "rsi": (m["close"], 14), "atr": (m["high"], m["low"], m["close"], 14),
+            "obv": (m["close"], m["volume"]), "sma": (m["close"], 9), "bbands": (m["close"], 9, 2.0),
+            "logret_std": (m["close"], 9)}[kernel]
+    outs = []
+    for slots, lo, hi in (([0], [0], [300]), ([0, 0, 1], [0, 100, 250], [100, 250, 300])):
+        counts, vals = np.zeros(2, np.int64), np.zeros((2, 40))
+        lanes = 2 if kernel == "logret_std" else 1
+        out = [np.empty((300, 3))] if kernel == "bbands" else [np.empty(300) for _ in range(lanes)]
+        getattr(ind, kernel)(np.array(slots), np.array(lo), np.array(hi), *args, counts, vals, *out)
+        outs.append((out[-1], counts))
+    whole, split = outs
+    np.testing.assert_array_equal(split[0][:250], whole[0][:250])
+    assert split[1][0] == 250 and split[1][1] == 50
+
+
+@pytest.mark.parametrize("window", [7, 64, 1000])
+def test_windows_of_any_size_give_the_bits_of_one_pass(window: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long inputs are cut into windows of paired pieces; the cut must never show in the numbers or the state,
+    whatever the segment lengths (one bar, odd counts, two segments of one series in a row)."""
+    from gpu_kernels import features as feat
+
+    lengths = [901, 1, 350, 3, 2, 1200, 77]
+    cols = {k: np.concatenate([market(40 + i, n)[k] for i, n in enumerate(lengths)])
+            for k in ("high", "low", "close", "volume")}
+    hi = np.cumsum(lengths)
+    lo = hi - np.asarray(lengths)
+    slots = np.array([0, 1, 2, 2, 3, 4, 5])  # segments 2 and 3 continue one series
+    fs = FeatureSet()
+    whole, whole_state = fs.compute(fs.empty_state(), slots, lo, hi, **cols)
+    monkeypatch.setattr(feat, "_WINDOW", window)
+    pieces = list(feat._windows(slots, lo, hi, int(hi[-1])))
+    assert len(pieces) > 1 and sum(int((h - lo_).sum()) for _, lo_, h in pieces) == hi[-1]
+    cut, cut_state = fs.compute(fs.empty_state(), slots, lo, hi, **cols)
+    for name in DEFAULT_FEATURES:
+        np.testing.assert_array_equal(cut[name], whole[name], err_msg=name)
+    for a, b in zip(cut_state.vals, whole_state.vals, strict=True):
+        np.testing.assert_array_equal(a, b)
