@@ -397,10 +397,17 @@ def _sums_compiled(forest: Forest, X: np.ndarray) -> np.ndarray:
     if forest.float32_inputs:
         X = np.ascontiguousarray(X, dtype=np.float32)  # exact: X holds float32 values already
     out = np.zeros((X.shape[0], forest.value.shape[1]), dtype=np.float64)
+    # Rows without NaN, through a forest without zero-as-missing splits, never take a default direction: the
+    # walk skips the missing-value test (one pass over X to know; the same leaves either way).
+    zero_missing = forest.__dict__.get("_any_zero_missing")
+    if zero_missing is None:  # immutable tables: computed once
+        zero_missing = bool(np.asarray(forest.zero_missing).any())
+        object.__setattr__(forest, "_any_zero_missing", zero_missing)
+    plain = not zero_missing and not np.isnan(X).any()
     if X.shape[0] < _SERIAL_ROWS:
-        _sum_block(0, X.shape[0], X, lay.roots, lay.depth, lay.threshold, lay.word, lay.value, out)
+        _sum_block(0, X.shape[0], X, lay.roots, lay.depth, lay.threshold, lay.word, lay.value, out, plain)
     else:
-        _sum_parallel(X, lay.roots, lay.depth, lay.threshold, lay.word, lay.value, out)
+        _sum_parallel(X, lay.roots, lay.depth, lay.threshold, lay.word, lay.value, out, plain)
     return out
 
 
@@ -441,7 +448,7 @@ _GROUP = 8  # rows stepping side by side through one tree
 
 
 @njit(cache=True, nogil=True)
-def _sum_block(lo, hi, X, roots, depth, threshold, word, value, out):  # pragma: no cover
+def _sum_block(lo, hi, X, roots, depth, threshold, word, value, out, plain):  # pragma: no cover
     node = np.empty(_GROUP, np.int64)
     k_out = value.shape[1]
     for t in range(roots.shape[0]):  # tree-major: one tree's nodes stay in cache for the whole block
@@ -449,6 +456,11 @@ def _sum_block(lo, hi, X, roots, depth, threshold, word, value, out):  # pragma:
             m = min(_GROUP, hi - g0)
             node[:m] = roots[t]
             for _ in range(depth[t]):
+                if plain:  # no NaN in X, no zero-as-missing split: x <= threshold decides every step
+                    for j in range(m):
+                        w = word[node[j]]
+                        node[j] = (w >> 32) + (X[g0 + j, w & 0xFFFFFF] > threshold[node[j]])
+                    continue
                 for j in range(m):
                     w = word[node[j]]
                     x = X[g0 + j, w & 0xFFFFFF]
@@ -461,8 +473,8 @@ def _sum_block(lo, hi, X, roots, depth, threshold, word, value, out):  # pragma:
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _sum_parallel(X, roots, depth, threshold, word, value, out):  # pragma: no cover
+def _sum_parallel(X, roots, depth, threshold, word, value, out, plain):  # pragma: no cover
     n = X.shape[0]
     blocks = (n + _BLOCK - 1) // _BLOCK
     for b in prange(blocks):
-        _sum_block(b * _BLOCK, min(n, (b + 1) * _BLOCK), X, roots, depth, threshold, word, value, out)
+        _sum_block(b * _BLOCK, min(n, (b + 1) * _BLOCK), X, roots, depth, threshold, word, value, out, plain)
