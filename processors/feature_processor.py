@@ -24,7 +24,7 @@ from processors.eos import EosProcessor, SourceFactory
 from processors.errors import ProcessorError
 from processors.feature_state import decode_state, encode_partition, encode_symbols, recorded_offset
 from processors.features import ClosedBars, FeatureEngine, PartitionState
-from processors.online_store import OnlineStore, Vector
+from processors.online_store import BackgroundWriter, OnlineStore, Vector
 from schemas.tick_decoder import TickDecoder
 from streams.dlq import dead_letter, dead_letters_for
 from streams.source import MessageBatch
@@ -59,7 +59,8 @@ class FeatureProcessor(EosProcessor):
                  decoder: TickDecoder | None = None, clock: Callable[[], float] = time.time,
                  online_store: OnlineStore | None = None) -> None:
         self.engine = engine
-        self.online_store = online_store
+        # Written from a thread of its own after each commit: the next batch does not wait on Redis.
+        self.online_store = BackgroundWriter(online_store) if online_store is not None else None
         self._latest: dict[tuple[str, str], Vector] = {}  # this batch's newest vector per (symbol, interval)
         self.namespace = namespace  # of this group's records in the changelog
         self.topics = topics
@@ -131,6 +132,11 @@ class FeatureProcessor(EosProcessor):
             if self.online_store is not None:
                 self._latest[(symbol, c.interval)] = (ts, values)
         self.after_commit(m.BARS_OUT.labels(c.interval), len(c))
+
+    def close(self) -> None:
+        super().close()
+        if self.online_store is not None:
+            self.online_store.close()
 
     # ------------------------------------------------------------------ rebalance and recovery
 

@@ -8,6 +8,7 @@ a vector that Kafka readers could not see. Redis being down never stops the stre
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,6 +56,59 @@ class OnlineStore:
     def get_many(self, interval: str, symbols: list[str]) -> list[Vector | None]:
         raw = self.client.mget([store_key(interval, s, self.namespace) for s in symbols])
         return [None if r is None else _vector(orjson.loads(r)) for r in raw]
+
+
+class BackgroundWriter:
+    """`put_many` handed to a thread of its own, so that a batch never waits on a Redis round trip.
+
+    Vectors queue up until the thread takes them; a newer vector of a (symbol, interval) replaces an older one
+    not yet written (only the latest is kept anyway). Batches are written in the order they came, so the store
+    never goes back in time. `close` writes what is still queued (bounded by its timeout)."""
+
+    def __init__(self, store: OnlineStore) -> None:
+        self.store = store
+        self._pending: dict[tuple[str, str], Vector] = {}
+        self._wake = threading.Condition()
+        self._closed = False
+        self._busy = False
+        self._thread = threading.Thread(target=self._run, name="online-store", daemon=True)
+        self._thread.start()
+
+    def put_many(self, vectors: Mapping[tuple[str, str], Vector]) -> None:
+        if not vectors:
+            return
+        with self._wake:
+            self._pending.update(vectors)
+            self._wake.notify()
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Waits until everything queued so far is written (or failed); False on timeout."""
+        with self._wake:
+            return self._wake.wait_for(lambda: not self._pending and not self._busy, timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self.flush(timeout_s)
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    return
+                batch, self._pending, self._busy = self._pending, {}, True
+            try:
+                self.store.put_many(batch)  # counts Redis failures itself
+            except Exception as err:  # anything else: counted, and the writer goes on
+                ERRORS.labels("write").inc()
+                log.warning("online store write failed: %s", err)
+            finally:
+                with self._wake:
+                    self._busy = False
+                    self._wake.notify_all()
 
 
 def _vector(obj: dict[str, Any]) -> Vector:
