@@ -5,7 +5,10 @@ starts; the predictions and the consumed offsets commit in one transaction, so a
 point and restarted publishes every prediction once. A version promoted on `models` is loaded between
 batches (its artifact's sha256 checked first), so a switch happens at a batch boundary and every prediction
 names the version that made it. Until the model has an active version nothing is consumed: vectors wait in
-the topic rather than being skipped.
+the topic rather than being skipped. An active version that cannot be served (its artifact changed since it was
+registered, say) is refused, logged with the reason and counted, and the version being served stays; a processor
+that starts while such a version is active serves the verified version it replaced (following `previous:` back),
+as one that never stopped would, and stops with the reason only when there is none.
 
 A vector of another interval is not ours; one missing a feature the model needs (still warming up) is
 skipped and counted by reason; one that cannot be decoded goes to `features.dlq`.
@@ -27,7 +30,7 @@ from prometheus_client import Counter, Gauge
 from processors import metrics as m
 from processors.eos import EosProcessor, SourceFactory
 from processors.errors import ProcessorError
-from processors.registry import RegistryReader
+from processors.registry import PREVIOUS, RegistryReader
 from schemas.codec import InvalidMessage, RecordCodec
 from schemas.records import FeatureVector, ModelVersion
 from streams.dlq import dead_letter
@@ -96,27 +99,59 @@ class PredictionProcessor(EosProcessor):
         """Loads a newly active version between batches; False (consume nothing) while there is none."""
         self.registry.refresh()
         active = self.registry.registry.active(self.model)
-        if active is None or self._refused == (active.version, active.sha256):
+        if active is None:
             return self.version is not None
         if self.version is not None and (active.version, active.sha256) == (self.version.version, self.version.sha256):
+            self._refused = None  # a later promotion of the refused version (its artifact mended) is tried again
             return True
+        if self._refused == (active.version, active.sha256):
+            return self.version is not None
         try:
-            if active.label.kind != "direction":
-                raise ProcessorError(f"model {self.model} v{active.version} predicts {active.label.kind}; "
-                                     "the prediction processor serves direction classifiers")
-            scorer = self.loader(active)  # verifies the artifact's sha256: never serve an unverified model
-        except Exception as err:
+            scorer = self._load(active)
+        except ProcessorError as err:
             self._refused = (active.version, active.sha256)
-            REFUSED.labels(self.model).inc()
-            reason = f"model {self.model} v{active.version} refused: {err}"
-            if self.version is None:
-                raise ProcessorError(reason) from None
-            log.error("%s; still serving v%d", reason, self.version.version)
-            return True
+            if self.version is not None:
+                log.error("%s; still serving v%d", err, self.version.version)
+                return True
+            # Just started (or restarted) while a refused version is active: serve the verified version it
+            # replaced, as a predictor that never stopped would still be doing, rather than exit and crash-loop.
+            fallback = self._fallback(active)
+            if fallback is None:
+                raise
+            scorer, served = fallback
+            log.error("%s; serving v%d, the version active before it", err, served.version)
+            active = served
         self.scorer, self.version = scorer, active
         ACTIVE_VERSION.labels(self.model).set(active.version)
         log.info("model %s: now serving v%d", self.model, active.version)
         return True
+
+    def _load(self, version: ModelVersion) -> Any:
+        """The version's scorer; ProcessorError (counted) with the reason when it cannot be served."""
+        try:
+            if version.label.kind != "direction":
+                raise ProcessorError(f"model {self.model} v{version.version} predicts {version.label.kind}; "
+                                     "the prediction processor serves direction classifiers")
+            return self.loader(version)  # verifies the artifact's sha256: never serve an unverified model
+        except Exception as err:
+            REFUSED.labels(self.model).inc()
+            raise ProcessorError(f"model {self.model} v{version.version} refused: {err}") from None
+
+    def _fallback(self, refused: ModelVersion) -> tuple[Any, ModelVersion] | None:
+        """The newest earlier active version (following `previous:` back from `refused`) that loads."""
+        versions = self.registry.registry.versions.get(self.model, {})
+        seen = {refused.version}
+        current = refused
+        while True:
+            back = next((int(a[len(PREVIOUS):]) for a in current.aliases if a.startswith(PREVIOUS)), None)
+            if back is None or back in seen or back not in versions:
+                return None
+            seen.add(back)
+            current = versions[back]
+            try:
+                return self._load(current), current
+            except ProcessorError as err:
+                log.error("%s", err)
 
     # ------------------------------------------------------------------ one batch
 
