@@ -190,6 +190,20 @@ class ForestScorer:
         return cp.asnumpy(proba[:, self._up])
 
 
+def verify_artifact(version: ModelVersion) -> None:
+    """InvalidCommand with the reason unless the version's artifact is there and hashes to its registered sha256
+    (what a predictor would refuse to serve is refused at promote time too)."""
+    from gpu_kernels import forest as forest_kernels
+
+    try:
+        forest_kernels.load(version.artifact, version.sha256)
+    except FileNotFoundError:
+        raise InvalidCommand(f"model {version.model} v{version.version}: artifact {version.artifact} is missing") \
+            from None
+    except forest_kernels.ForestError as err:
+        raise InvalidCommand(f"model {version.model} v{version.version}: {err}") from None
+
+
 def load_scorer(version: ModelVersion, backend: Any = None) -> ForestScorer:
     """The version's forest, loaded only if its artifact's sha256 is the one registered (never a pickle);
     scored on `backend` (a `processors.feature_backend.DeviceBackend`; None: the CPU)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import socket
 import threading
 import time
@@ -22,7 +23,7 @@ from processors.feature_backend import DeviceBackend, probe_forest_gpu
 from processors.gpu_metrics import register_gpu_metrics
 from processors.predict_service import PredictService
 from processors.prediction_processor import PredictionProcessor, PredictionTopics, Thresholds
-from processors.registry import RegistryReader, load_scorer, publish, read_registry
+from processors.registry import RegistryReader, load_scorer, publish, read_registry, verify_artifact
 from streamquant.cli_run import online_store, stop_on_signals
 from streamquant.errors import UserError
 from streamquant.kafka_io import admin_client, end_offset, follow_messages, partition_for_key, topic_partitions
@@ -189,6 +190,11 @@ def _change(ctx: typer.Context, name: str, change: Any) -> None:
     registry = read_registry(settings.kafka, topic)
     try:
         records = change(registry)
+        if records and os.path.exists(records[0].artifact):  # the version becoming active must be servable
+            verify_artifact(records[0])
+        elif records:
+            console.print(f"[yellow]note:[/] {records[0].artifact} is not readable here: its sha256 is checked "
+                          "by the predictors that load it")
     except InvalidCommand as err:
         raise UserError(str(err)) from None
     publish(settings.kafka, topic, records)

@@ -162,9 +162,8 @@ def _from_bars(engine: FeatureEngine, table: pa.Table) -> pa.Table:
     feature_set = engine.feature_set
     table = table.sort_by([("symbol", "ascending"), ("ts", "ascending")])
     col = {n: table.column(n).to_numpy(zero_copy_only=False) for n in BAR_COLUMNS}
-    values = features_for_bars(feature_set, col["symbol"], *(col[n].astype(np.float64)
-                                                              for n in ("high", "low", "close", "volume")),
-                               backend=engine.backend)
+    high, low, close, volume = (col[n].astype(np.float64) for n in ("high", "low", "close", "volume"))
+    values = features_for_bars(feature_set, col["symbol"], high, low, close, volume, backend=engine.backend)
     for name in feature_set.names:
         table = table.append_column(name, pa.array(values[name], mask=np.isnan(values[name])))
     return table

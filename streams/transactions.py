@@ -127,9 +127,9 @@ class TransactionalSink:
         while True:
             try:
                 if partition is None:
-                    self._producer.produce(topic, value, key, headers=headers)
+                    self._producer.produce(topic, value, key, headers=cast(Any, headers))
                 else:
-                    self._producer.produce(topic, value, key, partition, headers=headers)
+                    self._producer.produce(topic, value, key, partition, headers=cast(Any, headers))
                 break
             except BufferError:
                 self._producer.poll(0.05)

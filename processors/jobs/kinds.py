@@ -18,7 +18,7 @@ from processors import feature_jobs
 from processors.backtest_data import DATA_LOADERS, BarPanel, BarsRequest, check_symbols, period_ms
 from processors.bars_topic import read_bars
 from processors.errors import InvalidCommand
-from processors.registry import publish, read_registry
+from processors.registry import publish, read_registry, verify_artifact
 from schemas.codec import RecordCodec
 from schemas.records import (
     BacktestCommand,
@@ -189,6 +189,8 @@ def _run_promote(command: dict[str, Any], backend: str, context: JobContext, pro
     try:
         records = registry.promote(cmd.model, cmd.version or 0) if cmd.type == "promote" \
             else registry.rollback(cmd.model)
+        if records:  # the version becoming active: refused now if no predictor could serve it
+            verify_artifact(records[0])
     except InvalidCommand as err:
         raise JobRejected(str(err)) from None
     publish(context.kafka, context.models_topic, records)
