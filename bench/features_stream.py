@@ -6,17 +6,25 @@ Preloads synthetic ticks into a fresh `ticks` topic, then measures, one after th
 (a) the raw ceiling: confluent-kafka consume + StreamQuant decode only, no output;
 (b) the feature processor end to end: decode, 1s and 1m bars, 14 indicators, bars/features/changelog
     published and offsets committed in one transaction per micro-batch (exactly-once on);
-(c) with --peers-python: the same bars and indicators built with Quix Streams (bench/peer_quix_features.py).
+(c) with --peers-python: the same bars and indicators built with Quix Streams (bench/peer_quix_features.py);
+(d) scale-out: `streamquant run features` as 1 and as 2 processes in one consumer group (each a fresh group over
+    the same ticks), the steady rate between 10 % and 90 % of the ticks committed (process start and group
+    join left out, the same way for both).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
+
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
 from processors.synthetic import MarketSpec, TickGenerator
 from schemas.tick_decoder import TickDecoder
@@ -88,6 +96,8 @@ def main() -> None:
                                    settings.kafka.bootstrap, ticks_topic, f"bench-{run}.", str(sent)],
                                   capture_output=True, text=True, check=True, timeout=3600)
             c = json.loads(line.stdout.strip().splitlines()[-1])["ticks_per_s"]
+        # (d) scale-out: 1 and 2 processes in one group, as a user deploys them
+        scale = {n: instances(n, settings, admin, run, ticks_topic, args.partitions, sent) for n in (1, 2)}
     finally:
         names = [t for t in admin.list_topics(timeout=10).topics if f"bench-{run}" in t]
         for fut in admin.delete_topics(names, operation_timeout=60).values():
@@ -99,10 +109,44 @@ def main() -> None:
     if c is not None:
         print(f"| (c) Quix Streams, exactly-once, the same bars and indicators | {c:,.0f} |")
     print(f"\nb/a = {b / a:.2f}" + (f", b/c = {b / c:.2f}" if c else ""))
+    print(f"\n(d) `run features` processes in one group, steady rate: 1 → {scale[1]:,.0f} ticks/s, "
+          f"2 → {scale[2]:,.0f} ticks/s ({scale[2] / scale[1]:.2f}×)")
     OUT.mkdir(exist_ok=True)
     (OUT / "features_stream.json").write_text(json.dumps({"ticks": sent, "raw_ticks_per_s": a,
-                                                           "features_ticks_per_s": b, "quix_ticks_per_s": c},
+                                                           "features_ticks_per_s": b, "quix_ticks_per_s": c,
+                                                           "processes_ticks_per_s": scale},
                                                           indent=2))
+
+
+def instances(n: int, settings: Any, admin: Any, run: str, topic: str, partitions: int, sent: int) -> float:
+    """ticks/s of n `streamquant run features` processes sharing one new group, between 10 % and 90 % committed."""
+    group = f"bench-{run}-x{n}"
+    env = {**os.environ, "STREAMQUANT_TOPICS_PREFIX": settings.topics.prefix, "STREAMQUANT_FEATURES_GROUP": group,
+           "STREAMQUANT_METRICS_PORT": "0"}
+    procs = [subprocess.Popen([sys.executable, "-m", "streamquant", "run", "features", "--stop-when-idle", "5"],
+                              env={**env, "STREAMQUANT_FEATURES_INSTANCE_ID": f"i{k}"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for k in range(n)]
+    request = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(partitions)])]
+    marks: dict[float, float] = {}
+    deadline = time.monotonic() + 600
+    try:
+        while len(marks) < 2 and time.monotonic() < deadline:
+            try:
+                got = admin.list_consumer_group_offsets(request)[group].result(timeout=10)
+                done = sum(max(tp.offset, 0) for tp in got.topic_partitions)
+            except Exception:  # the group does not exist yet
+                done = 0
+            now = time.monotonic()
+            for mark in (0.1, 0.9):
+                if mark not in marks and done >= mark * sent:
+                    marks[mark] = now
+            time.sleep(0.05)
+    finally:
+        for proc in procs:
+            proc.wait(timeout=120)
+    if len(marks) < 2:
+        raise RuntimeError(f"{n} processes did not commit 90 % of the ticks in time")
+    return 0.8 * sent / (marks[0.9] - marks[0.1])
 
 
 if __name__ == "__main__":
