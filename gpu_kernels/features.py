@@ -239,7 +239,7 @@ def _width(kind: str, params: tuple[float, ...]) -> int:
     return {"ema": 1, "rsi": 3, "macd": 3, "atr": 2, "obv": 2}[kind]
 
 
-_WINDOW = 1 << 15
+_WINDOW = 1 << 17
 
 
 def _alloc(xp: Any, g: _Group, rows: int) -> list[Any]:
