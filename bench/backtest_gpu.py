@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from typing import Any
 
 import numpy as np
 
 from bench.backtest_vs_vectorbt import FAST, FEES, SLOW, market
+from bench.gpu import require_cupy
 
 
 def main() -> None:
@@ -28,12 +28,7 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
-    try:
-        import cupy
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            raise RuntimeError("no CUDA device is visible")
-    except Exception as err:
-        sys.exit(f"error: the GPU benchmark needs CuPy and a GPU ({err})")
+    cupy = require_cupy()
     from processors import backtest as bt
     from schemas.records import BacktestCommand, DataSource
 

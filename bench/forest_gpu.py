@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 
+from bench.gpu import require_cupy
 from bench.training import FEATURES, latency_us, planted, rows_per_second
 from gpu_kernels import forest as fk
 from gpu_kernels.forest_export import from_sklearn
@@ -38,12 +38,7 @@ def main() -> None:
     parser.add_argument("--trees", type=int, default=100)
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
-    try:
-        import cupy
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            raise RuntimeError("no CUDA device is visible")
-    except Exception as err:
-        sys.exit(f"error: the GPU benchmark needs CuPy and a GPU ({err})")
+    cupy = require_cupy()
     sync = cupy.cuda.Device().synchronize
     threads = cpu_threads()
     X, y = planted(args.train_rows, 1)

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from bench.gpu import require_cupy
 from bench.kernels_vs_talib import synthetic_bars
 from gpu_kernels.features import FeatureSet
 
@@ -45,12 +45,7 @@ def main() -> None:
     parser.add_argument("--engine-ticks", type=int, default=1_000_000, help="ticks through the feature engine")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
-    try:
-        import cupy
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            raise RuntimeError("no CUDA device is visible")
-    except Exception as err:
-        sys.exit(f"error: the GPU benchmark needs CuPy and a GPU ({err})")
+    cupy = require_cupy()
     s, n = args.symbols, args.bars
     high, low, close, volume = synthetic_bars(s, n)
     flat = [np.ascontiguousarray(a.reshape(-1)) for a in (high, low, close, volume)]
