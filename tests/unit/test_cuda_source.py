@@ -21,6 +21,7 @@ from gpu_kernels import indicators as ind
 from gpu_kernels.features import DEFAULT_FEATURES, FeatureSet
 from tests.unit.test_indicators import assert_matches, market, talib_features
 
+
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Any:
     if shutil.which("g++") is None and shutil.which("c++") is None:
