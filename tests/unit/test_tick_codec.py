@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.errors import InvalidMessage
@@ -123,6 +123,7 @@ def test_fast_decoder_agrees_with_the_reference_on_any_batch(values: list[bytes 
     assert_same(values)
 
 
+@settings(max_examples=100)  # each example is a batch of up to 125 messages: 300 of them took 25 s of CI
 @given(st.lists(valid_tick_bytes, min_size=40, max_size=120), st.lists(any_message, max_size=5),
        st.randoms(use_true_random=False))
 def test_a_few_bad_messages_among_many_good(good: list[bytes], bad: list[bytes | None], rnd: Any) -> None:
