@@ -145,12 +145,8 @@ def features_for_bars(feature_set: FeatureSet, symbols: Sequence[str] | np.ndarr
         return {name: np.empty(0) for name in feature_set.names}
     bounds = np.flatnonzero(np.r_[True, sym[1:] != sym[:-1], True])
     seg_lo, seg_hi = bounds[:-1], bounds[1:]
-    if backend is not None:
-        values, _ = backend.compute(feature_set, feature_set.empty_state(), np.arange(len(seg_lo)), seg_lo, seg_hi,
-                                    high, low, close, volume)
-    else:
-        values, _ = feature_set.compute(feature_set.empty_state(), np.arange(len(seg_lo)), seg_lo, seg_hi,
-                                        high, low, close, volume)
+    args = (feature_set.empty_state(), np.arange(len(seg_lo)), seg_lo, seg_hi, high, low, close, volume)
+    values, _ = backend.compute(feature_set, *args) if backend is not None else feature_set.compute(*args)
     return values
 
 
