@@ -73,7 +73,7 @@ class EngineOutput:
     closed: list[ClosedBars]  # one per interval
     late: np.ndarray  # bool per input tick: too late for at least one interval's bar
     late_reason: list[str]  # per late tick (in order of np.flatnonzero(late))
-    touched: set[str]  # symbols whose state changed
+    touched: set[str]  # symbols whose state changed: ticks arrived, or a bar of theirs closed
 
 
 class FeatureEngine:
@@ -131,7 +131,11 @@ class FeatureEngine:
                                      b.open, b.high, b.low, b.close, b.volume, b.vwap, b.trades, values))
         fstate = self.feature_set.grow(fstate, len(slots))  # every series has a state row, bars or not
         late_reason = ["late: " + "; ".join(reasons[i]) for i in sorted(reasons)]
+        # A series' state changes when its ticks arrive and also when another symbol's tick moves the
+        # watermark past its open bar (the bar closes, the indicators step): both kinds are touched.
         touched = set(symbols[c] for c in np.unique(ticks.symbol_codes).tolist()) if n else set()
+        for c in closed:
+            touched.update(c.symbol.tolist())
         return EngineOutput(closed, late, late_reason, touched), PartitionState(slots, names, bar_states, fstate)
 
 

@@ -90,3 +90,25 @@ def test_state_written_to_the_changelog_and_read_back_continues_the_stream_exact
         assert np.array_equal(a.close, b.close) and np.array_equal(a.volume, b.volume)
         for name, values in a.features.items():
             assert np.array_equal(values, b.features[name], equal_nan=True), name
+
+
+def test_a_bar_closed_by_another_symbols_tick_is_in_the_changelog() -> None:
+    """A's 1 s bar is closed by B's tick (the partition's watermark), in a batch without a tick of A: A's state
+    moved all the same, so its record must be rewritten — else a restore reopens the closed bar and publishes it
+    a second time."""
+    t0 = 1_700_000_000_000
+    engine = FeatureEngine(EngineConfig(intervals=("1s",)))
+    batches = [[Tick("A", t0 + 100, 10.0, 1.0), Tick("B", t0 + 200, 20.0, 1.0)],
+               [Tick("B", t0 + 1_100, 21.0, 1.0)],  # closes A's and B's bars of second 0
+               [Tick("A", t0 + 2_100, 11.0, 1.0)]]
+    state = engine.empty_state()
+    log: dict[bytes, bytes | None] = {}  # the compacted changelog: newest record per key
+    published = []
+    for i, ticks in enumerate(batches):
+        if i == 2:  # restart here: restore from the changelog
+            state = decode_state(engine, log, "ns")
+        out, state = engine.process(state, TickColumns.from_records(ticks))
+        published += [(str(s), int(b)) for c in out.closed for s, b in zip(c.symbol, c.start, strict=True)]
+        log.update(encode_symbols(engine, state, sorted(out.touched), "ns"))
+        log.update([encode_partition(engine, state, "ns", input_offset=i)])
+    assert sorted(published) == [("A", t0), ("B", t0), ("B", t0 + 1_000)]
