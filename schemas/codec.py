@@ -149,7 +149,7 @@ class RecordCodec(Generic[T]):
     def _decode_json(self, data: bytes) -> Any:
         try:
             return msgspec.json.decode(data)
-        except msgspec.DecodeError as err:
+        except (msgspec.DecodeError, UnicodeDecodeError) as err:  # msgspec raises the latter for non-UTF-8
             raise InvalidMessage("not_json", f"not valid JSON: {err}") from None
 
     def _decode_avro(self, data: bytes) -> Any:

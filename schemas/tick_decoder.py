@@ -187,6 +187,8 @@ class _Joined:
                 return None, None
             at = open_at + int(m.group(1))
             return None, min(max(int(np.searchsorted(self.starts, at, side="right")) - 1, lo), hi - 1)
+        except UnicodeDecodeError:  # a string that is not UTF-8: msgspec raises this, not a DecodeError
+            return None, None
         finally:
             buf[open_at], buf[close_at] = saved
         return (rows, None) if len(rows) == hi - lo else (None, None)

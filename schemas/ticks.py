@@ -166,7 +166,7 @@ def decode_tick(data: bytes | None, max_bytes: int = DEFAULT_MAX_TICK_BYTES) -> 
     else:
         try:
             obj = msgspec.json.decode(data)
-        except msgspec.DecodeError as err:
+        except (msgspec.DecodeError, UnicodeDecodeError) as err:  # msgspec raises the latter for non-UTF-8
             raise InvalidMessage("not_json", f"not valid JSON: {err}") from None
     return tick_from_dict(obj)
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from schemas.errors import InvalidMessage
@@ -133,6 +133,8 @@ def test_a_few_bad_messages_among_many_good(good: list[bytes], bad: list[bytes |
     assert_same(values)
 
 
+@example(b'"\x80"')  # a string that is not UTF-8: msgspec raised UnicodeDecodeError, which crashed the batch
+@example(b'{"symbol":"A\x80","ts":1767225600000,"price":1,"size":1}')
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_never_crash_the_decoders(data: bytes) -> None:
     assert_same([data])
