@@ -69,6 +69,12 @@ class EosProcessor:
     def _rebuild(self) -> None:
         """After a fatal producer error: state to rebuild from committed data before going on."""
 
+    def _on_idle(self) -> None:
+        """A consume() brought nothing (work that waits for a quiet moment goes here)."""
+
+    def _stopping(self) -> None:
+        """The loop is ending cleanly (told to stop, or idle long enough)."""
+
     def after_commit(self, counter: Any, amount: float) -> None:
         """Adds `amount` to a Prometheus counter once the current batch's transaction is committed, never
         for an aborted one: a re-read batch would otherwise count its late ticks and outputs twice."""
@@ -99,8 +105,9 @@ class EosProcessor:
             elif stop_when_idle_s is not None and time.monotonic() - self._idle_since >= stop_when_idle_s:
                 if self.source.caught_up():
                     log.info("idle for %.0fs: stopping", stop_when_idle_s)
-                    return
+                    break
                 self._idle_since = time.monotonic()  # a position is still unknown: wait another round
+        self._stopping()
 
     def step(self) -> int:
         """Consumes, processes and commits one micro-batch; returns its size."""
@@ -111,6 +118,7 @@ class EosProcessor:
         if not len(batch):
             if time.monotonic() - self._lag_reported >= 1.0:  # an idle consumer's lag falls to 0 here too
                 self._report_lag()
+            self._on_idle()
             return 0
         started = time.perf_counter()
         self._deferred = []
@@ -151,6 +159,28 @@ class EosProcessor:
         m.BATCH_SECONDS.labels(self.NAME).observe(time.perf_counter() - started)
         self._report_lag()
         return len(batch)
+
+    def commit_alone(self, write: Callable[[], None], offsets: dict[tuple[str, int], int]) -> bool:
+        """A transaction of its own between batches (a state checkpoint while idle, say): `write` adds the
+        records, `offsets` are committed with them (their partitions' current committed offsets, so that a
+        fenced zombie cannot commit it: KIP-447). True if it was committed; an abort is logged and dropped,
+        a fatal error recreates the producer as in `step`."""
+        try:
+            self.sink.begin()
+            write()
+            if not self.source.is_member():
+                self.sink.abort()
+                return False
+            self.sink.commit(self.source, offsets)
+            return True
+        except TransactionAborted as err:
+            m.ABORTS.labels(self.NAME).inc()
+            log.warning("transaction aborted (%s): dropped", err)
+        except ProducerFenced as err:
+            log.warning("producer failed (%s): recreating it and rebuilding state", err)
+            m.PRODUCER_RESETS.labels(self.NAME).inc()
+            self._reset()
+        return False
 
     def close(self) -> None:
         self.sink.close()

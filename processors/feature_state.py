@@ -3,8 +3,12 @@
 A symbol's record holds, for each interval, its open bars and its indicator state; the partition
 record holds the per-interval event-time high marks and arrival counters, and a fingerprint of the
 configuration (a changelog written with other intervals or features cannot be resumed). Values are
-MessagePack maps whose arrays are raw little-endian bytes: every float kept bit for bit, and cheap to
-write for every symbol a micro-batch touches.
+MessagePack maps whose arrays are raw little-endian bytes: every float kept bit for bit.
+
+A checkpoint of a partition is the records of every symbol whose state moved since the last one, then the
+partition record, all carrying the input offset the state stands at (`at`, `offset`). The newest partition
+record says where the partition's state stands; a symbol record never stands later than it (a later one
+means a checkpoint was read in part, and the restore must read again).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from processors.errors import ProcessorError
 from processors.features import EngineConfig, FeatureEngine, PartitionState
 
 PARTITION = "\x00partition"  # the partition record's name, after the namespace
-LAYOUT = 2  # bump whenever a record's or a kernel state's layout changes
+LAYOUT = 3  # bump whenever a record's or a kernel state's layout changes
 _BAR_INT = ("start", "open_ts", "open_seq", "close_ts", "close_seq", "trades")
 _BAR_FLOAT = ("open", "high", "low", "close", "volume", "pv")
 
@@ -42,9 +46,10 @@ def fingerprint(config: EngineConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def encode_symbols(engine: FeatureEngine, state: PartitionState, symbols: Iterable[str], namespace: str
-                   ) -> list[tuple[bytes, bytes]]:
-    """(key, value) changelog records for these symbols (the work is proportional to how many)."""
+def encode_symbols(engine: FeatureEngine, state: PartitionState, symbols: Iterable[str], namespace: str,
+                   at: int | None = None) -> list[tuple[bytes, bytes]]:
+    """(key, value) changelog records for these symbols (the work is proportional to how many); `at`: the
+    input offset this state stands at."""
     fs = state.features
     if fs is None:
         raise StateError("no indicator state")
@@ -79,7 +84,7 @@ def encode_symbols(engine: FeatureEngine, state: PartitionState, symbols: Iterab
                            "floats": floats_buf[lo * floats_w:hi * floats_w],
                            "counts": counts_buf[row * counts_w:(row + 1) * counts_w],
                            "vals": vals_buf[row * vals_w:(row + 1) * vals_w]}
-    return [(state_key(namespace, sym), msgspec.msgpack.encode({"v": LAYOUT, "series": series[sym]}))
+    return [(state_key(namespace, sym), msgspec.msgpack.encode({"v": LAYOUT, "at": at, "series": series[sym]}))
             for sym in symbols]
 
 
@@ -105,6 +110,15 @@ def recorded_offset(records: dict[bytes, bytes | None], namespace: str) -> int |
         return None
     offset = msgspec.msgpack.decode(part).get("offset")
     return int(offset) if offset is not None else None
+
+
+def newest_symbol_offset(records: dict[bytes, bytes | None], namespace: str) -> int | None:
+    """The latest input offset any of this namespace's symbol records stands at (None: none carries one)."""
+    prefix = state_key(namespace, "")
+    part_key = state_key(namespace, PARTITION)
+    ats = [msgspec.msgpack.decode(v).get("at") for k, v in records.items()
+           if v is not None and k.startswith(prefix) and k != part_key]
+    return max((a for a in ats if a is not None), default=None)
 
 
 def decode_state(engine: FeatureEngine, records: dict[bytes, bytes | None], namespace: str) -> PartitionState:

@@ -15,6 +15,8 @@ COMMIT_SECONDS = Histogram("streamquant_transaction_commit_seconds", "Time to co
 PUBLISH_LATENCY = Histogram("streamquant_tick_to_publish_seconds",
                             "From a batch's newest tick being produced to its outputs being committed",
                             ["processor"], buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+REPLAYED_TICKS = Counter("streamquant_replayed_ticks_total",
+                         "Ticks replayed on restore, from a partition's last state checkpoint to its committed offset")
 LATE_TICKS = Counter("streamquant_late_ticks_total", "Ticks for a bar that had already closed (sent to ticks.late)")
 BARS_OUT = Counter("streamquant_bars_total", "Closed bars published", ["interval"])
 ABORTS = Counter("streamquant_transaction_aborts_total", "Transactions aborted and batches re-read", ["processor"])

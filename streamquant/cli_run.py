@@ -6,7 +6,7 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,7 +28,7 @@ from streamquant.errors import UserError
 from streamquant.kafka_io import admin_client, topic_partitions
 from streamquant.settings import Settings
 from streamquant.tables import read_table, write_table
-from streams.changelog import read_changelog
+from streams.changelog import read_changelog, read_range
 from streams.source import BatchSource
 from streams.topics import TopicCatalog
 from streams.transactions import TransactionalSink
@@ -110,9 +110,13 @@ def build_feature_processor(settings: Settings) -> FeatureProcessor:
     def restore(partitions: list[int]) -> dict[int, dict[bytes, bytes | None]]:
         return read_changelog(settings.kafka, topics.changelog, partitions, timeout_s=120)
 
+    def replay(partition: int, start: int, end: int) -> Iterator[list[bytes | None]]:
+        return read_range(settings.kafka, topics.ticks, partition, start, end, chunk=ingest.max_batch)
+
     store = online_store(settings) if settings.features.online_store else None
-    return FeatureProcessor(engine, topics, source_factory, sink_factory, restore, namespace=settings.features.group,
-                            online_store=store)
+    return FeatureProcessor(engine, topics, source_factory, sink_factory, restore, replay,
+                            namespace=settings.features.group, online_store=store,
+                            checkpoint_interval_s=settings.features.checkpoint_interval_ms / 1000)
 
 
 @run_app.command("features")

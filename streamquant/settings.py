@@ -95,6 +95,10 @@ class FeaturesSettings(_Section):
         description="how long the broker keeps a dead instance's open transaction (it holds back the offsets and "
                     "changelog a successor needs); Kafka Streams' default under exactly-once")
     online_store: bool = Field(default=True, description="keep each symbol's latest feature vector in Redis")
+    checkpoint_interval_ms: int = Field(
+        default=1_000, ge=0, le=3_600_000,
+        description="how often each partition's state is checkpointed to the changelog (in a batch's transaction); "
+                    "a restore replays the ticks since. 0: every batch, for every symbol it touched")
     backend: Literal["auto", "cpu", "gpu"] = Field(
         default="auto", description="where the indicator kernels run; auto: the GPU when CuPy sees one. A batch the "
                                     "GPU fails is recomputed on the CPU (streamquant_gpu_fallbacks_total)")
