@@ -10,6 +10,7 @@ batch, return what to keep once it is committed) and `_committed` (keep it).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -43,6 +44,8 @@ class EosProcessor:
         self._aborting_since = 0.0
         self._deferred: list[tuple[Any, float]] = []  # counts of the open transaction (see `after_commit`)
         self._lag_reported = 0.0
+        self.freeze_gc = False  # a long-running process (the CLI's `run`) sets it: see step()
+        self._frozen = False
         # The sink first: initialising it aborts whatever a dead predecessor left open, which would otherwise
         # hold back read_committed reads of what it wrote (a restore, say).
         self.sink = sink_factory()
@@ -151,6 +154,14 @@ class EosProcessor:
             return 0
         self._aborts_in_a_row = 0
         self._committed(batch, pending)
+        if self.freeze_gc and not self._frozen:
+            # What the start made (modules, clients, kernels compiled or loaded at the first batch: ~10^5
+            # objects) moves to the collector's permanent generation, so full collections scan only what
+            # batches allocate. Measured before: full collections of up to 189 ms in a 30 s run at 10,000
+            # ticks/s (up to 70 ms when frozen before the first batch), each a latency spike.
+            self._frozen = True
+            gc.collect()
+            gc.freeze()
         deferred, self._deferred = self._deferred, []
         for counter, amount in deferred:
             counter.inc(amount)

@@ -81,6 +81,7 @@ def run_predictions(
     processor = PredictionProcessor(p.model, p.interval, topics, source_factory, sink_factory,
                                     RegistryReader(settings.kafka, models),
                                     functools.partial(load_scorer, backend=batches), thresholds)
+    processor.freeze_gc = True
     service = PredictService(
         # Static membership: a restarted instance takes its request partitions back at once instead of
         # leaving them unanswered until its dead predecessor's session times out.

@@ -128,6 +128,7 @@ def run_features(
     settings = _settings(ctx)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     processor = build_feature_processor(settings)
+    processor.freeze_gc = True
     if settings.metrics.port:
         start_http_server(settings.metrics.port)
         register_gpu_metrics()
