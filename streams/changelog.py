@@ -57,9 +57,11 @@ def read_range(config: KafkaConfig, topic: str, partition: int, start: int, end:
     in lists of up to `chunk`: what a restore replays between a state checkpoint and the committed offset."""
     if end <= start:
         return
+    # "error": a start offset the log no longer holds (deleted by retention) fails the replay; the client's
+    # default would jump to the end and replay nothing, silently.
     consumer = Consumer({**config.client_config(), "group.id": f"streamquant-restore-replay-{uuid.uuid4()}",
                          "enable.auto.commit": False, "isolation.level": "read_committed",
-                         "enable.partition.eof": False})
+                         "enable.partition.eof": False, "auto.offset.reset": "error"})
     try:
         consumer.assign([TopicPartition(topic, partition, start)])
         deadline = time.monotonic() + timeout_s
@@ -69,7 +71,8 @@ def read_range(config: KafkaConfig, topic: str, partition: int, start: int, end:
                 raise KafkaClientError(f"replaying {topic}[{partition}] {start}..{end} took over {timeout_s:.0f}s")
             for m in consumer.consume(chunk, 0.2):
                 if m.error() is not None:
-                    raise KafkaClientError(f"replaying {topic}: {m.error().str()}")  # type: ignore[union-attr]
+                    raise KafkaClientError(f"replaying {topic}[{partition}] from offset {start}: "
+                                           f"{m.error().str()}")  # type: ignore[union-attr]
                 if m.offset() < end:  # type: ignore[operator]
                     values.append(m.value())
             if len(values) >= chunk:

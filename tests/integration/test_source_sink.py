@@ -175,3 +175,37 @@ def test_a_new_owner_waits_for_a_frozen_owners_open_offsets(kafka: KafkaConfig, 
         assert committed[0].offset == 5
     finally:
         owner.close()
+
+
+def test_a_replay_reads_exactly_its_range_and_refuses_a_deleted_start(kafka: KafkaConfig, admin: Any,
+                                                                      make_topic: Any, unique: str) -> None:
+    """What a restore replays between a checkpoint and the committed offset: the committed values of
+    [start, end) in order (an aborted transaction's records and the markers hidden); a start the log no longer
+    holds is an error, not a silent jump to the end."""
+    from confluent_kafka import Producer
+
+    from streams.changelog import read_range
+
+    topic = make_topic("replay")
+    producer = Producer({**kafka.client_config(), "transactional.id": f"tx-{unique}"})
+    producer.init_transactions(30)
+    for i in range(6):  # offsets: 2 records + 1 marker per transaction; the third one aborted
+        producer.begin_transaction()
+        producer.produce(topic, f"v{2 * i}".encode(), partition=0)
+        producer.produce(topic, f"v{2 * i + 1}".encode(), partition=0)
+        producer.flush(30)
+        if i == 2:
+            producer.abort_transaction(30)
+        else:
+            producer.commit_transaction(30)
+    got = [v for chunk in read_range(kafka, topic, 0, 3, 15, chunk=2) for v in chunk]
+    # offsets 3,4 = v2,v3 (2 is a marker); 6,7 aborted (v4, v5); 9,10 = v6,v7; 12,13 = v8,v9; 15+ excluded
+    assert got == [b"v2", b"v3", b"v6", b"v7", b"v8", b"v9"]
+    assert list(read_range(kafka, topic, 0, 5, 5)) == []
+
+    from confluent_kafka import TopicPartition as TP
+
+    for fut in admin.delete_records([TP(topic, 0, 9)], operation_timeout=30).values():
+        fut.result(timeout=30)
+    with pytest.raises(KafkaClientError, match="from offset 3"):
+        list(read_range(kafka, topic, 0, 3, 15, timeout_s=20))
