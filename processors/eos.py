@@ -148,9 +148,7 @@ class EosProcessor:
             self.source.seek(batch.first_offsets())
             return 0
         except ProducerFenced as err:
-            log.warning("producer failed (%s): recreating it and rebuilding state", err)
-            m.PRODUCER_RESETS.labels(self.NAME).inc()
-            self._reset()
+            self._reset(err)
             return 0
         self._aborts_in_a_row = 0
         self._committed(batch, pending)
@@ -188,16 +186,16 @@ class EosProcessor:
             m.ABORTS.labels(self.NAME).inc()
             log.warning("transaction aborted (%s): dropped", err)
         except ProducerFenced as err:
-            log.warning("producer failed (%s): recreating it and rebuilding state", err)
-            m.PRODUCER_RESETS.labels(self.NAME).inc()
-            self._reset()
+            self._reset(err)
         return False
 
     def close(self) -> None:
         self.sink.close()
         self.source.close()
 
-    def _reset(self) -> None:
+    def _reset(self, err: ProducerFenced) -> None:
+        log.warning("producer failed (%s): recreating it and rebuilding state", err)
+        m.PRODUCER_RESETS.labels(self.NAME).inc()
         self.sink.close()
         self.sink = self._sink_factory()
         assigned = self.source.assignment()
