@@ -97,6 +97,13 @@ class MessageBatch:
 AssignCallback = Callable[[list[tuple[str, int]]], None]
 
 
+# librdkafka's fetch defaults (1 MiB per partition per fetch, 100,000 messages kept queued per partition) held one
+# consumer to ~218,000 small ticks/s on the local broker, Python doing nothing but `consume`; either raised alone
+# gave ~3x that (bench/RESULTS.md, "Consumer fetch settings"). Memory stays bounded by `queued.max.messages.kbytes`
+# (64 MiB for the whole consumer queue by default). `kafka.options` overrides these.
+FETCH_DEFAULTS: dict[str, Any] = {"max.partition.fetch.bytes": 4 << 20, "queued.min.messages": 1_000_000}
+
+
 class BatchSource:
     """A consumer-group member that hands out micro-batches and commits offsets only when told."""
 
@@ -121,6 +128,7 @@ class BatchSource:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         conf: dict[str, Any] = {
+            **FETCH_DEFAULTS,
             **config.client_config(),
             "group.id": group_id,
             "enable.auto.commit": False,
