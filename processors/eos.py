@@ -5,6 +5,13 @@ batch's offsets. An abortable error aborts, rewinds to the batch's first offsets
 retries with backoff); a fatal one (a fenced or broken producer) recreates the producer and lets the
 processor rebuild its state from committed data. A subclass supplies `_process` (write the outputs of one
 batch, return what to keep once it is committed) and `_committed` (keep it).
+
+A batch that writes nothing (with the features processor: most batches, those that close no bar) need not
+reach the broker: with `commit_interval_s` > 0 its empty transaction ends locally, its state is kept and its
+offsets are held, to be committed with the next transaction that writes something, or on their own once
+held that long. Exactly-once holds because such a batch published nothing: after a crash, an abort or a
+rebalance the input is re-read from the committed offsets, and the re-read batches again publish nothing
+(the state they rebuild is the same, however the input is cut: split invariance).
 """
 
 from __future__ import annotations
@@ -45,6 +52,10 @@ class EosProcessor:
         self._deferred: list[tuple[Any, float]] = []  # counts of the open transaction (see `after_commit`)
         self._lag_reported = 0.0
         self.freeze_gc = False  # a long-running process (the CLI's `run`) sets it: see step()
+        self.commit_interval_s = 0.0  # > 0: batches that write nothing hold their offsets that long at most
+        self.eager = False  # take a batch as soon as one message is there (see BatchSource.next_batch)
+        self._held: dict[tuple[str, int], int] = {}  # next offsets of kept batches not yet committed
+        self._held_since = 0.0
         self._frozen = False
         # The sink first: initialising it aborts whatever a dead predecessor left open, which would otherwise
         # hold back read_committed reads of what it wrote (a restore, say).
@@ -90,6 +101,10 @@ class EosProcessor:
             m.CONSUMER_LAG.labels(self.NAME, str(p)).set(lag)
 
     def _on_revoked(self, partitions: Partitions) -> None:
+        # Held offsets of these partitions are dropped, never committed (the partitions may be lost): the new
+        # owner re-reads those batches from the committed offsets, and they publish nothing again.
+        for tp in partitions:
+            self._held.pop(tp, None)
         # The new owner reports these partitions' lag from now on; a value left here would never change again.
         for _topic, p in partitions:
             with contextlib.suppress(KeyError):
@@ -111,17 +126,20 @@ class EosProcessor:
                     break
                 self._idle_since = time.monotonic()  # a position is still unknown: wait another round
         self._stopping()
+        self.commit_held()
 
     def step(self) -> int:
         """Consumes, processes and commits one micro-batch; returns its size."""
         if not self._ready():
             time.sleep(0.1)
             return 0
-        batch = self.source.next_batch()
+        batch = self.source.next_batch(eager=self.eager)
         if not len(batch):
             if time.monotonic() - self._lag_reported >= 1.0:  # an idle consumer's lag falls to 0 here too
                 self._report_lag()
             self._on_idle()
+            if self._held and time.monotonic() - self._held_since >= self.commit_interval_s:
+                self.commit_held()
             return 0
         started = time.perf_counter()
         self._deferred = []
@@ -131,9 +149,17 @@ class EosProcessor:
                 self.sink.abort()
                 raise TransactionAborted("this instance is no longer a group member (evicted): its partitions "
                                          "belong to another now")
-            commit_started = time.perf_counter()
-            self.sink.commit(self.source, batch.next_offsets())
-            m.COMMIT_SECONDS.labels(self.NAME).observe(time.perf_counter() - commit_started)
+            offsets = batch.next_offsets()
+            if self._holds(offsets):
+                self.sink.commit(self.source, {})  # nothing written, no offsets: ends locally, no request
+                if not self._held:
+                    self._held_since = time.monotonic()
+                self._held.update(offsets)
+            else:
+                commit_started = time.perf_counter()
+                self.sink.commit(self.source, {**self._held, **offsets})
+                m.COMMIT_SECONDS.labels(self.NAME).observe(time.perf_counter() - commit_started)
+                self._held = {}
         except TransactionAborted as err:
             if self._aborts_in_a_row == 0:
                 self._aborting_since = time.monotonic()
@@ -169,6 +195,17 @@ class EosProcessor:
         self._report_lag()
         return len(batch)
 
+    def _holds(self, offsets: dict[tuple[str, int], int]) -> bool:
+        """Whether this batch's offsets are held instead of committed now (see the module's docstring)."""
+        if self.commit_interval_s <= 0 or self.sink.wrote:
+            return False
+        return not self._held or time.monotonic() - self._held_since < self.commit_interval_s
+
+    def commit_held(self) -> None:
+        """Commits held offsets on their own (when they have waited long enough, and when the loop ends)."""
+        if self._held:
+            self.commit_alone(lambda: None, {})
+
     def commit_alone(self, write: Callable[[], None], offsets: dict[tuple[str, int], int]) -> bool:
         """A transaction of its own between batches (a state checkpoint while idle, say): `write` adds the
         records, `offsets` are committed with them (their partitions' current committed offsets, so that a
@@ -180,7 +217,8 @@ class EosProcessor:
             if not self.source.is_member():
                 self.sink.abort()
                 return False
-            self.sink.commit(self.source, offsets)
+            self.sink.commit(self.source, {**self._held, **offsets})
+            self._held = {}
             return True
         except TransactionAborted as err:
             m.ABORTS.labels(self.NAME).inc()
@@ -198,6 +236,7 @@ class EosProcessor:
         m.PRODUCER_RESETS.labels(self.NAME).inc()
         self.sink.close()
         self.sink = self._sink_factory()
+        self._held = {}  # the rebuilt state stands at the committed offsets, and reading goes on from there
         assigned = self.source.assignment()
         self._rebuild()
         self.source.rewind_to_committed(assigned)

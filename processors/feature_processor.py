@@ -85,7 +85,8 @@ class FeatureProcessor(EosProcessor):
     def __init__(self, engine: FeatureEngine, topics: FeatureTopics, source_factory: SourceFactory,
                  sink_factory: Callable[[], TransactionalSink], restore: Restore, replay: Replay, namespace: str,
                  decoder: TickDecoder | None = None, clock: Callable[[], float] = time.time,
-                 online_store: OnlineStore | None = None, checkpoint_interval_s: float = 1.0) -> None:
+                 online_store: OnlineStore | None = None, checkpoint_interval_s: float = 1.0,
+                 commit_interval_s: float = 0.0) -> None:
         self.engine = engine
         # Written from a thread of its own after each commit: the next batch does not wait on Redis.
         self.online_store = BackgroundWriter(online_store) if online_store is not None else None
@@ -102,6 +103,10 @@ class FeatureProcessor(EosProcessor):
         self._dirty: dict[int, set[str]] = {}  # symbols whose state moved since their last changelog record
         self._checkpointed: dict[int, float] = {}  # last checkpoint (monotonic); absent: none in the changelog
         super().__init__(source_factory, sink_factory)
+        self.commit_interval_s = commit_interval_s  # batches that close no bar skip the broker (processors.eos)
+        # Those batches being cheap, a batch is whatever has arrived, taken as soon as there is something:
+        # waiting to fill one would only delay the tick that closes a bar.
+        self.eager = commit_interval_s > 0
 
     def _committed(self, batch: MessageBatch, pending: _Pending) -> None:
         self.states.update(pending.states)

@@ -99,6 +99,11 @@ class FeaturesSettings(_Section):
         default=1_000, ge=0, le=3_600_000,
         description="how often each partition's state is checkpointed to the changelog (in a batch's transaction); "
                     "a restore replays the ticks since. 0: every batch, for every symbol it touched")
+    commit_interval_ms: int = Field(
+        default=1_000, ge=0, le=3_600_000,
+        description="the longest a batch that publishes nothing (closes no bar) waits for its offsets to be "
+                    "committed, with the next transaction or on their own; such batches skip the broker. 0: every "
+                    "batch commits")
     backend: Literal["auto", "cpu", "gpu"] = Field(
         default="auto", description="where the indicator kernels run; auto: the GPU when CuPy sees one. A batch the "
                                     "GPU fails is recomputed on the CPU (streamquant_gpu_fallbacks_total)")
