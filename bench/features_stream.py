@@ -86,6 +86,7 @@ def main() -> None:
 
         # (b) the feature processor, exactly-once
         processor = build_feature_processor(settings)
+        processor.freeze_gc = True  # as `streamquant run features` does
         done = 0
         started = time.perf_counter()
         first_b: tuple[float, int] | None = None

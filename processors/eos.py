@@ -53,7 +53,6 @@ class EosProcessor:
         self._lag_reported = 0.0
         self.freeze_gc = False  # a long-running process (the CLI's `run`) sets it: see step()
         self.commit_interval_s = 0.0  # > 0: batches that write nothing hold their offsets that long at most
-        self.eager = False  # take a batch as soon as one message is there (see BatchSource.next_batch)
         self._held: dict[tuple[str, int], int] = {}  # next offsets of kept batches not yet committed
         self._held_since = 0.0
         self._frozen = False
@@ -133,7 +132,7 @@ class EosProcessor:
         if not self._ready():
             time.sleep(0.1)
             return 0
-        batch = self.source.next_batch(eager=self.eager)
+        batch = self.source.next_batch()
         if not len(batch):
             if time.monotonic() - self._lag_reported >= 1.0:  # an idle consumer's lag falls to 0 here too
                 self._report_lag()

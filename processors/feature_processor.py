@@ -104,9 +104,6 @@ class FeatureProcessor(EosProcessor):
         self._checkpointed: dict[int, float] = {}  # last checkpoint (monotonic); absent: none in the changelog
         super().__init__(source_factory, sink_factory)
         self.commit_interval_s = commit_interval_s  # batches that close no bar skip the broker (processors.eos)
-        # Those batches being cheap, a batch is whatever has arrived, taken as soon as there is something:
-        # waiting to fill one would only delay the tick that closes a bar.
-        self.eager = commit_interval_s > 0
 
     def _committed(self, batch: MessageBatch, pending: _Pending) -> None:
         self.states.update(pending.states)

@@ -61,7 +61,10 @@ class IngestSettings(_Section):
     """Micro-batch bounds of the processors, and the tick wire format and size limit."""
 
     max_batch: int = Field(default=25_000, ge=1, le=1_000_000)
-    max_wait_ms: int = Field(default=10, ge=0, le=60_000)
+    max_wait_ms: int = Field(
+        default=1, ge=0, le=60_000,
+        description="a consume returns after this long, or at max_batch messages; a micro-batch holds what arrived "
+                    "meanwhile")
     max_tick_bytes: int = Field(default=4096, ge=64, le=1_048_576)
     wire_format: Literal["json", "avro"] = "json"
 

@@ -152,8 +152,8 @@ class BatchSource:
     def next_batch(self, max_messages: int | None = None, max_wait_s: float | None = None,
                    eager: bool = False) -> MessageBatch:
         """Up to `max_messages` messages, returning early after `max_wait_s` seconds. `eager`: return as soon as
-        one message is there, with whatever else already is (for request-reply, and for the features processor,
-        where waiting to fill a batch is latency)."""
+        one message is there, with whatever else already is (for request-reply, where waiting to fill a batch
+        is latency)."""
         limit = max_messages or self.max_messages
         wait = self.max_wait_s if max_wait_s is None else max_wait_s
         if eager:
