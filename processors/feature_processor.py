@@ -289,15 +289,27 @@ class FeatureProcessor(EosProcessor):
         while True:
             restored = self._restore(mine)
             behind: dict[int, tuple[int | None, int]] = {}
+            orphaned: dict[int, int] = {}
             for p in mine:
                 want = committed.get((self.topics.ticks, p), -1)
                 records = restored.get(p, {})
                 have = recorded_offset(records, self.namespace)
                 if want < 0:
+                    if have is not None:  # a checkpoint is only ever committed together with offsets
+                        orphaned[p] = have
                     continue  # nothing committed yet: an empty changelog is right
                 newest = newest_symbol_offset(records, self.namespace)
                 if have is None or have > want or (newest is not None and newest > have):
                     behind[p] = (have, want)
+            if orphaned:
+                raise ProcessorError(
+                    f"group {self.namespace} has no committed offsets on {self.topics.ticks} partitions "
+                    f"{sorted(orphaned)} but its changelog holds their state (checkpoints at offsets {orphaned}): the "
+                    "offsets expired (the broker's offsets.retention.minutes) or were deleted, and where the "
+                    "published outputs end is unknown. Refusing to guess (re-reading from auto.offset.reset would "
+                    "publish duplicates or leave a gap): start under a new features.group, or reset the group's "
+                    "offsets to those checkpoint offsets (kafka-consumer-groups --reset-offsets), which publishes "
+                    "again what came after them")
             if not behind:
                 return restored
             if time.monotonic() > deadline:

@@ -213,3 +213,26 @@ def test_two_instances_one_killed_mid_stream(kafka: KafkaConfig, stack: Any) -> 
     assert b.returncode == 0, output[-3000:]
     assert committed_total(kafka, env["STREAMQUANT_FEATURES_GROUP"], f"{prefix}ticks") == total, output[-3000:]
     assert_exact(kafka, prefix)
+
+
+def test_a_changelog_whose_group_offsets_are_gone_is_refused(kafka: KafkaConfig, admin: AdminClient,
+                                                             stack: Any) -> None:
+    """The group's offsets expire (offsets.retention.minutes) or are deleted while its changelog lives on: the
+    processor stops with one line instead of re-reading from auto.offset.reset (duplicates) and publishes
+    nothing more."""
+    prefix, env = stack
+    group = env["STREAMQUANT_FEATURES_GROUP"]
+    produce_stream(kafka, f"{prefix}ticks", 6_000)
+    first = start(env, "solo", idle_s=3)
+    output, _ = first.communicate(timeout=180)
+    assert first.returncode == 0, output[-3000:]
+    assert committed_total(kafka, group, f"{prefix}ticks") == 6_000 + len(BAD)
+    features_before = len(read_topic(kafka, f"{prefix}features"))
+    assert features_before > 0
+    admin.delete_consumer_groups([group], request_timeout=30)[group].result(timeout=30)
+    assert committed_total(kafka, group, f"{prefix}ticks") == 0
+    again = start(env, "solo", idle_s=3)
+    output, _ = again.communicate(timeout=180)
+    assert again.returncode != 0, output[-3000:]
+    assert "has no committed offsets" in output and "Traceback" not in output, output[-3000:]
+    assert len(read_topic(kafka, f"{prefix}features")) == features_before

@@ -222,3 +222,18 @@ def test_killed_anywhere_the_successor_publishes_exactly_the_rest(monkeypatch: p
         for name, value in row.items():
             published = got[key][name]
             assert np.array_equal(np.float64(np.nan if published is None else published), value, equal_nan=True)
+
+
+def test_a_changelog_without_committed_offsets_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offsets expired (offsets.retention.minutes) or deleted while the changelog lives on: where the published
+    outputs end is unknown, so the restore refuses rather than re-read from auto.offset.reset."""
+    monkeypatch.setattr(fp, "time", SimpleNamespace(monotonic=time.monotonic, time=lambda: 0.0, sleep=lambda s: None))
+    values = stream()
+    broker = Broker(values)
+    proc = processor(broker, random.Random(1), 0.0, [])
+    while sum(broker.committed.values()) < 1000:
+        proc.step()
+    assert any(broker.changelog.values())
+    broker.committed = {}
+    with pytest.raises(fp.ProcessorError, match=r"no committed offsets .* changelog holds their state"):
+        processor(broker, random.Random(2), 0.0, []).step()
