@@ -55,7 +55,7 @@ def main() -> None:
     env = {**os.environ, "STREAMQUANT_TOPICS_PREFIX": prefix, "STREAMQUANT_METRICS_PORT": "9479",
            "STREAMQUANT_FEATURES_GROUP": f"lat-{run}", "STREAMQUANT_FEATURES_INSTANCE_ID": "lat"}
     if args.max_wait_ms is not None:
-        env["STREAMQUANT_INGEST_MAX_WAIT_MS"] = str(args.max_wait_ms)
+        env["STREAMQUANT_FEATURES_MAX_WAIT_MS"] = str(args.max_wait_ms)
     cli = [sys.executable, "-m", "streamquant"]
     consumer = Consumer({**settings.kafka.client_config(), "group.id": f"lat-read-{run}",
                          "isolation.level": "read_committed", "auto.offset.reset": "latest",
@@ -109,7 +109,7 @@ def main() -> None:
     lat = np.array(latencies)
     from_closing = np.array([read - second_opened[(partition_of[sym], start + 1000)] for sym, start, read in vectors
                              if (partition_of.get(sym, -1), start + 1000) in second_opened])
-    wait = args.max_wait_ms if args.max_wait_ms is not None else settings.ingest.max_wait_ms
+    wait = args.max_wait_ms if args.max_wait_ms is not None else settings.features.max_wait_ms
     closing = {"vectors": len(from_closing), "p50_ms": float(np.percentile(from_closing, 50)),
                "p99_ms": float(np.percentile(from_closing, 99)), "max_ms": float(from_closing.max())}
     result = {"rate": args.rate, "max_wait_ms": wait, "vectors": len(lat), "p50_ms": float(np.percentile(lat, 50)),

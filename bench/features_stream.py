@@ -94,6 +94,7 @@ def main() -> None:
             done += processor.step()
             if first_b is None and done:
                 first_b = (time.perf_counter(), done)
+        processor.commit_held()  # the last batches' offsets, if they published nothing
         feat_s = time.perf_counter() - started
         feat_steady_s = time.perf_counter() - first_b[0] if first_b else feat_s
         processor.close()

@@ -9,9 +9,10 @@ batch, return what to keep once it is committed) and `_committed` (keep it).
 A batch that writes nothing (with the features processor: most batches, those that close no bar) need not
 reach the broker: with `commit_interval_s` > 0 its empty transaction ends locally, its state is kept and its
 offsets are held, to be committed with the next transaction that writes something, or on their own once
-held that long. Exactly-once holds because such a batch published nothing: after a crash, an abort or a
-rebalance the input is re-read from the committed offsets, and the re-read batches again publish nothing
-(the state they rebuild is the same, however the input is cut: split invariance).
+held that long. Exactly-once holds because such a batch published nothing: after a crash, a rebalance or a
+new producer the input is re-read from the committed offsets and the state rebuilt, and the re-read batches
+again publish nothing (the state is the same however the input is cut: split invariance); an aborted batch
+is re-read from its own first offsets, where the state kept from the held batches stands.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class EosProcessor:
         self.commit_interval_s = 0.0  # > 0: batches that write nothing hold their offsets that long at most
         self._held: dict[tuple[str, int], int] = {}  # next offsets of kept batches not yet committed
         self._held_since = 0.0
+        self.batch_held = False  # whether the batch just kept was held (it published nothing)
         self._frozen = False
         # The sink first: initialising it aborts whatever a dead predecessor left open, which would otherwise
         # hold back read_committed reads of what it wrote (a restore, say).
@@ -149,7 +151,8 @@ class EosProcessor:
                 raise TransactionAborted("this instance is no longer a group member (evicted): its partitions "
                                          "belong to another now")
             offsets = batch.next_offsets()
-            if self._holds(offsets):
+            self.batch_held = self._holds(offsets)
+            if self.batch_held:
                 self.sink.commit(self.source, {})  # nothing written, no offsets: ends locally, no request
                 if not self._held:
                     self._held_since = time.monotonic()
@@ -201,15 +204,16 @@ class EosProcessor:
         return not self._held or time.monotonic() - self._held_since < self.commit_interval_s
 
     def commit_held(self) -> None:
-        """Commits held offsets on their own (when they have waited long enough, and when the loop ends)."""
-        if self._held:
-            self.commit_alone(lambda: None, {})
+        """Commits held offsets on their own (when they have waited long enough, and when the loop ends). If
+        that fails (not a group member just now, an abort), the next try waits another interval."""
+        if self._held and not self.commit_alone(lambda: None, {}):
+            self._held_since = time.monotonic()
 
     def commit_alone(self, write: Callable[[], None], offsets: dict[tuple[str, int], int]) -> bool:
         """A transaction of its own between batches (a state checkpoint while idle, say): `write` adds the
-        records, `offsets` are committed with them (their partitions' current committed offsets, so that a
-        fenced zombie cannot commit it: KIP-447). True if it was committed; an abort is logged and dropped,
-        a fatal error recreates the producer as in `step`."""
+        records, `offsets` are committed with them, and any held ones (the positions the kept state stands
+        at; committing offsets also means a fenced zombie cannot commit it: KIP-447). True if it was
+        committed; an abort is logged and dropped, a fatal error recreates the producer as in `step`."""
         try:
             self.sink.begin()
             write()

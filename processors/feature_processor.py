@@ -112,7 +112,7 @@ class FeatureProcessor(EosProcessor):
             self.online_store.put_many(self._latest)  # only now: never show what Kafka readers cannot see
         m.TICKS_IN.inc(len(batch))
         newest = int(batch.timestamps.max())
-        if newest > 0:
+        if newest > 0 and not self.batch_held:  # a held batch published nothing
             m.PUBLISH_LATENCY.labels(NAME).observe(max(self.clock() - newest / 1000.0, 0.0))
 
     # ------------------------------------------------------------------ one batch

@@ -101,7 +101,8 @@ def build_feature_processor(settings: Settings) -> FeatureProcessor:
 
     def source_factory(on_assign: Any, on_revoke: Any) -> BatchSource:
         return BatchSource(settings.kafka, settings.features.group, [topics.ticks], max_messages=ingest.max_batch,
-                           max_wait_s=ingest.max_wait_ms / 1000, on_assign=on_assign, on_revoke=on_revoke)
+                           max_wait_s=settings.features.max_wait_ms / 1000, on_assign=on_assign,
+                           on_revoke=on_revoke)
 
     def sink_factory() -> TransactionalSink:
         return TransactionalSink(settings.kafka, f"{settings.features.group}-{instance}",

@@ -62,9 +62,9 @@ class IngestSettings(_Section):
 
     max_batch: int = Field(default=25_000, ge=1, le=1_000_000)
     max_wait_ms: int = Field(
-        default=1, ge=0, le=60_000,
+        default=10, ge=0, le=60_000,
         description="a consume returns after this long, or at max_batch messages; a micro-batch holds what arrived "
-                    "meanwhile")
+                    "meanwhile (the features processor: features.max_wait_ms)")
     max_tick_bytes: int = Field(default=4096, ge=64, le=1_048_576)
     wire_format: Literal["json", "avro"] = "json"
 
@@ -102,6 +102,10 @@ class FeaturesSettings(_Section):
         default=1_000, ge=0, le=3_600_000,
         description="how often each partition's state is checkpointed to the changelog (in a batch's transaction); "
                     "a restore replays the ticks since. 0: every batch, for every symbol it touched")
+    max_wait_ms: int = Field(
+        default=1, ge=0, le=60_000,
+        description="ingest.max_wait_ms for the features processor: short, as its batches that close no bar skip "
+                    "the broker (commit_interval_ms)")
     commit_interval_ms: int = Field(
         default=1_000, ge=0, le=3_600_000,
         description="the longest a batch that publishes nothing (closes no bar) waits for its offsets to be "

@@ -270,6 +270,9 @@ class BatchSource:
         while True:
             try:
                 got = self._consumer.committed(tps, timeout=min(5.0, max(deadline - time.monotonic(), 0.1)))
+                for tp in got:  # a failed lookup must not read as "nothing committed"
+                    if tp.error is not None:
+                        raise KafkaClientError(f"committed offset of {tp.topic}[{tp.partition}]: {tp.error.str()}")
                 return {(tp.topic, tp.partition): tp.offset for tp in got}
             except KafkaException as err:
                 kerr: KafkaError = err.args[0]

@@ -25,6 +25,7 @@ from processors.features import EngineConfig, FeatureEngine
 from processors.synthetic import MarketSpec, TickGenerator
 from schemas.tick_decoder import TickDecoder
 from schemas.ticks import encode_columns
+from streams.errors import TransactionAborted
 from streams.source import MessageBatch
 
 TOPICS = FeatureTopics("ticks", "bars", "features", "ticks.dlq", "ticks.late", "changelog")
@@ -41,6 +42,7 @@ class Broker:
         self.changelog: dict[int, dict[bytes, bytes | None]] = {p: {} for p in values}  # compacted
         self.outputs: dict[str, list[bytes]] = {"bars": [], "features": []}
         self.held = 0  # transactions with neither records nor offsets (a batch that held its offsets)
+        self.aborts = 0
 
 
 class Source:
@@ -86,8 +88,8 @@ class Source:
 
 
 class Sink:
-    def __init__(self, broker: Broker, source: Callable[[], Source]) -> None:
-        self.broker, self.source = broker, source
+    def __init__(self, broker: Broker, source: Callable[[], Source], rng: random.Random | None = None) -> None:
+        self.broker, self.source, self.rng = broker, source, rng
         self.open: list[tuple[str, bytes | None, bytes | None, int | None]] = []
 
     def begin(self) -> None:
@@ -102,6 +104,10 @@ class Sink:
             self.write(letter.topic, letter.key, letter.value)
 
     def commit(self, _source: Any, offsets: dict[tuple[str, int], int]) -> None:
+        if (offsets or self.open) and self.rng is not None and self.rng.random() < 0.15:
+            self.open = []  # the broker refused it (an abortable error): nothing of it is kept
+            self.broker.aborts += 1
+            raise TransactionAborted("injected")
         self.broker.held += not offsets and not self.open
         for topic, key, value, partition in self.open:
             if topic == "changelog":
@@ -135,7 +141,7 @@ class Clock:
 
 
 def processor(broker: Broker, rng: random.Random, interval_s: float, replays: list[int],
-              commit_interval_s: float = 0.0) -> FeatureProcessor:
+              commit_interval_s: float = 0.0, aborts: bool = False) -> FeatureProcessor:
     holder: dict[str, Source] = {}
 
     def source_factory(on_assign: Any, _on_revoke: Any) -> Source:
@@ -148,7 +154,7 @@ def processor(broker: Broker, rng: random.Random, interval_s: float, replays: li
             yield list(broker.values[p][lo:min(lo + 50, end)])
 
     return FeatureProcessor(FeatureEngine(CONFIG), TOPICS, source_factory,  # type: ignore[arg-type]
-                            lambda: Sink(broker, lambda: holder["s"]),  # type: ignore[arg-type, return-value]
+                            lambda: Sink(broker, lambda: holder["s"], rng if aborts else None),  # type: ignore[arg-type, return-value]
                             lambda parts: {p: dict(broker.changelog[p]) for p in parts}, replay, namespace="g",
                             checkpoint_interval_s=interval_s, commit_interval_s=commit_interval_s)
 
@@ -188,14 +194,14 @@ def test_killed_anywhere_the_successor_publishes_exactly_the_rest(monkeypatch: p
     values = stream(600 if commit_interval_s else 60)
     broker = Broker(values)
     replays: list[int] = []
-    proc = processor(broker, rng, interval_s, replays, commit_interval_s)
+    proc = processor(broker, rng, interval_s, replays, commit_interval_s, aborts=True)
     kills = 0
     while any(broker.committed.get(p, 0) < len(v) for p, v in values.items()):
         clock.now += rng.choice([0.0, 0.01, 0.05, 0.2])
         if rng.random() < 0.08:  # killed: between batches, or with its transaction open
             if rng.random() < 0.5:
                 proc._process(proc.source.next_batch())
-            proc = processor(broker, rng, interval_s, replays, commit_interval_s)
+            proc = processor(broker, rng, interval_s, replays, commit_interval_s, aborts=True)
             kills += 1
             continue
         if rng.random() < 0.03:
@@ -203,6 +209,7 @@ def test_killed_anywhere_the_successor_publishes_exactly_the_rest(monkeypatch: p
         else:
             proc.step()
     assert kills >= 3
+    assert broker.aborts >= 1
     if commit_interval_s:
         assert broker.held >= 10, broker.held  # batches that closed no bar ended without reaching the broker
     if interval_s == 0:
