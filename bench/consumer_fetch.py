@@ -18,12 +18,10 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from processors.synthetic import MarketSpec, TickGenerator
+from bench.tickdata import preload
 from schemas.tick_decoder import TickDecoder
-from schemas.ticks import encode_columns
 from streamquant.kafka_io import admin_client
 from streamquant.settings import TopicSettings, load_settings
-from streams.sink import KafkaSink
 from streams.source import FETCH_DEFAULTS
 from streams.topics import TopicCatalog, ensure_topics
 
@@ -40,14 +38,7 @@ def main() -> None:
     topic = catalog.name("ticks")
     ensure_topics(admin, [s for s in catalog.specs() if s.name == topic])
     try:
-        gen = TickGenerator(MarketSpec(symbols=500, seed=5, rate=20_000, start_ms=1_767_225_600_000))
-        sink = KafkaSink(settings.kafka)
-        sent = 0
-        while sent < args.ticks:
-            chunk = gen.next_chunk(min(100_000, args.ticks - sent))
-            sink.write_many(topic, [s.encode() for s in chunk.symbol()], encode_columns(chunk))
-            sent += len(chunk)
-        sink.flush()
+        sent = preload(settings.kafka, topic, args.ticks)
         print(f"{sent:,} ticks in {topic} ({args.partitions} partitions)\n")
         variants: list[tuple[str, dict[str, Any]]] = [("librdkafka defaults", {})]
         variants += [(f"{k} = {v:,}", {k: v}) for k, v in FETCH_DEFAULTS.items()]

@@ -26,13 +26,11 @@ from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-from processors.synthetic import MarketSpec, TickGenerator
+from bench.tickdata import preload
 from schemas.tick_decoder import TickDecoder
-from schemas.ticks import encode_columns
 from streamquant.cli_run import build_feature_processor
 from streamquant.kafka_io import admin_client
 from streamquant.settings import FeaturesSettings, MetricsSettings, TopicSettings, load_settings
-from streams.sink import KafkaSink
 from streams.source import BatchSource
 from streams.topics import TopicCatalog, ensure_topics
 
@@ -57,14 +55,7 @@ def main() -> None:
     ticks_topic = catalog.name("ticks")
     try:
         started = time.perf_counter()
-        gen = TickGenerator(MarketSpec(symbols=args.symbols, seed=5, rate=20_000, start_ms=1_767_225_600_000))
-        sink = KafkaSink(settings.kafka)
-        sent = 0
-        while sent < args.ticks:
-            chunk = gen.next_chunk(min(100_000, args.ticks - sent))
-            sink.write_many(ticks_topic, [s.encode() for s in chunk.symbol()], encode_columns(chunk))
-            sent += len(chunk)
-        sink.flush()
+        sent = preload(settings.kafka, ticks_topic, args.ticks, args.symbols)
         preload_s = time.perf_counter() - started
         print(f"preloaded {sent:,} ticks into {ticks_topic} ({args.partitions} partitions) in {preload_s:.1f}s")
 
