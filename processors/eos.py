@@ -146,18 +146,21 @@ class EosProcessor:
         self._deferred = []
         try:
             pending = self._process(batch)
-            if not self.source.is_member():
-                self.sink.abort()
-                raise TransactionAborted("this instance is no longer a group member (evicted): its partitions "
-                                         "belong to another now")
             offsets = batch.next_offsets()
             self.batch_held = self._holds(offsets)
             if self.batch_held:
-                self.sink.commit(self.source, {})  # nothing written, no offsets: ends locally, no request
+                # Nothing written, no offsets: ends without a call into the client. No membership check
+                # either: nothing reaches the broker, and if this instance was evicted the rebalance at the
+                # next consume() drops the held offsets with the partitions.
+                self.sink.commit(self.source, {})
                 if not self._held:
                     self._held_since = time.monotonic()
                 self._held.update(offsets)
             else:
+                if not self.source.is_member():
+                    self.sink.abort()
+                    raise TransactionAborted("this instance is no longer a group member (evicted): its "
+                                             "partitions belong to another now")
                 commit_started = time.perf_counter()
                 self.sink.commit(self.source, {**self._held, **offsets})
                 m.COMMIT_SECONDS.labels(self.NAME).observe(time.perf_counter() - commit_started)

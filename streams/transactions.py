@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -110,20 +110,29 @@ class TransactionalSink:
         self._began = time.monotonic()
         # Fences any earlier producer with this id and aborts the transaction it left open.
         self._call(lambda: self._producer.init_transactions(self._timeout_s), "init_transactions")
-        self._open = False
+        self._open = False  # a batch's transaction is open (begin() .. commit()/abort())
+        self._client_open = False  # ... and begun in the client (with its first record or offsets)
         self._written: dict[str, int] = {}
         self._dead: dict[tuple[str, str], int] = {}
 
     def begin(self) -> None:
-        # Local (no request to the broker): run here, without the worker's hand-off.
-        self._call(self._producer.begin_transaction, "begin_transaction", local=True)
+        """Opens a batch's transaction. The client's transaction begins with the first record or offsets
+        (`_begin_client`): a batch that writes neither never touches the client (see `commit`)."""
         self._began = time.monotonic()
         self._open = True
+        self._client_open = False
         self._written = {}
         self._dead = {}
 
+    def _begin_client(self) -> None:
+        if not self._client_open:
+            # Local (no request to the broker): run here, without the worker's hand-off.
+            self._call(self._producer.begin_transaction, "begin_transaction", local=True)
+            self._client_open = True
+
     def write(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None,
               partition: int | None = None) -> None:
+        self._begin_client()
         while True:
             try:
                 if partition is None:
@@ -136,6 +145,23 @@ class TransactionalSink:
             except KafkaException as err:
                 self._raise(err.args[0], f"produce to {topic}")
         self._written[topic] = self._written.get(topic, 0) + 1
+
+    def write_many(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes]) -> None:
+        """Records of one topic, partitioned by key (a closing batch's ~1,000 bars and vectors)."""
+        if not values:
+            return
+        self._begin_client()
+        produce = self._producer.produce
+        for key, value in zip(keys, values, strict=True):
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)
+                except KafkaException as err:
+                    self._raise(err.args[0], f"produce to {topic}")
+        self._written[topic] = self._written.get(topic, 0) + len(values)
 
     def write_dead_letters(self, letters: Iterable[DeadLetter]) -> None:
         for letter in letters:
@@ -151,14 +177,18 @@ class TransactionalSink:
 
     def commit(self, source: BatchSource, offsets: dict[tuple[str, int], int]) -> None:
         """Adds the input offsets to the transaction and commits it. A transaction with neither records nor
-        offsets ends inside the client, with no request to the broker (measured: ~25 us)."""
+        offsets was never begun in the client and ends here, with no call into it and no request to the
+        broker (in the latency benchmark the two local calls cost 0.1 ms each at the median, a begin 0.4 ms on
+        average and up to 15 ms when librdkafka's own thread was busy)."""
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         if tps:
+            self._begin_client()
             self._call(lambda: self._producer.send_offsets_to_transaction(tps, source.group_metadata(),
                                                                           self._timeout_s),
                        "send_offsets_to_transaction")
-        self._call(lambda: self._producer.commit_transaction(self._timeout_s), "commit_transaction",
-                   local=not tps and not self._written)
+        if self._client_open:
+            self._call(lambda: self._producer.commit_transaction(self._timeout_s), "commit_transaction")
+            self._client_open = False
         self._open = False
         if self._failed:  # cannot happen after a successful commit, but never let it pass silently
             failed, self._failed = self._failed, []
@@ -172,7 +202,10 @@ class TransactionalSink:
         """Aborts the open transaction (retrying retriable errors); it stays open if the abort fails."""
         if not self._open:
             return
-        self._call(lambda: self._producer.abort_transaction(self._timeout_s), "abort_transaction", aborting=True)
+        if self._client_open:
+            self._call(lambda: self._producer.abort_transaction(self._timeout_s), "abort_transaction",
+                       aborting=True)
+            self._client_open = False
         self._open = False
         self._failed = []
 
@@ -249,7 +282,8 @@ class TransactionalSink:
         except KafkaException as err:
             cause: KafkaError = err.args[0]
             return kerr if cause.code() == KafkaError._STATE else cause
-        return kerr  # the producer had no transaction open: it has one now, which abort() ends
+        self._client_open = True  # the producer had no transaction open: it has one now, which abort() ends
+        return kerr
 
     def _raise_fatal(self, kerr: KafkaError, what: str) -> None:
         with contextlib.suppress(KafkaException):
