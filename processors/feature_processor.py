@@ -18,11 +18,9 @@ restored state is the one the committed outputs came from. Writing every symbol 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import orjson
@@ -208,26 +206,31 @@ class FeatureProcessor(EosProcessor):
         self._checkpoint_alone(sorted(p for p in self.states if self._dirty.get(p)))
 
     def _publish(self, c: ClosedBars) -> None:
+        # Columns to Python values once (indexing NumPy arrays per row made a scalar object per field), and
+        # no NaN -> None pass: orjson writes NaN (a value still warming up, a bar's missing VWAP) as null.
         t = self.topics
+        interval = c.interval
         names = list(c.features)
-        columns = [c.features[n].tolist() for n in names]
-        for i in range(len(c)):
-            symbol = str(c.symbol[i])
-            key = symbol.encode()
-            ts = int(c.start[i])
-            vwap = float(c.vwap[i])
-            bar = {"symbol": symbol, "interval": c.interval, "ts": ts, "open": float(c.open[i]),
-                   "high": float(c.high[i]), "low": float(c.low[i]), "close": float(c.close[i]),
-                   "volume": float(c.volume[i]), "vwap": None if math.isnan(vwap) else vwap,
-                   "trades": int(c.trades[i])}
-            self.sink.write(t.bars, key, orjson.dumps(bar))
-            values: dict[str, Any] = {n: (None if col[i] != col[i] else col[i]) for n, col in zip(names, columns,
-                                                                                                   strict=True)}
-            self.sink.write(t.features, key, orjson.dumps({"symbol": symbol, "interval": c.interval, "ts": ts,
-                                                           "values": values}))
+        symbols = c.symbol.tolist()
+        starts = c.start.tolist()
+        bar_keys = ("open", "high", "low", "close", "volume", "vwap", "trades")
+        bar_rows = zip(c.open.tolist(), c.high.tolist(), c.low.tolist(), c.close.tolist(), c.volume.tolist(),
+                       c.vwap.tolist(), c.trades.tolist(), strict=True)
+        value_rows = zip(*(c.features[n].tolist() for n in names), strict=True) if names else ({} for _ in starts)
+        keys: list[bytes] = []
+        bars: list[bytes] = []
+        vectors: list[bytes] = []
+        for symbol, ts, bar_row, value_row in zip(symbols, starts, bar_rows, value_rows, strict=True):
+            keys.append(symbol.encode())
+            bars.append(orjson.dumps({"symbol": symbol, "interval": interval, "ts": ts,
+                                      **dict(zip(bar_keys, bar_row, strict=True))}))
+            values = dict(zip(names, value_row, strict=True))
+            vectors.append(orjson.dumps({"symbol": symbol, "interval": interval, "ts": ts, "values": values}))
             if self.online_store is not None:
-                self._latest[(symbol, c.interval)] = (ts, values)
-        self.after_commit(m.BARS_OUT.labels(c.interval), len(c))
+                self._latest[(symbol, interval)] = (ts, values)
+        self.sink.write_many(t.bars, keys, bars)
+        self.sink.write_many(t.features, keys, vectors)
+        self.after_commit(m.BARS_OUT.labels(interval), len(c))
 
     def close(self) -> None:
         super().close()

@@ -99,6 +99,10 @@ class Sink:
               partition: int | None = None) -> None:
         self.open.append((topic, key, value, partition))
 
+    def write_many(self, topic: str, keys: list[bytes | None], values: list[bytes]) -> None:
+        for key, value in zip(keys, values, strict=True):
+            self.write(topic, key, value)
+
     def write_dead_letters(self, letters: Any) -> None:
         for letter in letters:
             self.write(letter.topic, letter.key, letter.value)
