@@ -229,7 +229,10 @@ class DevStack:
         heap = self.dev.heap
         with log.open("a") as log_file:
             proc = subprocess.Popen(
-                [java, f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true", log_opt,
+                # Every collection's pause goes to <logs>/<name>-gc.log: a broker pause stalls every client.
+                [java, f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC",
+                 f"-Xlog:gc:file={self.logs / (name + '-gc.log')}:time,uptime:filecount=2,filesize=10m",
+                 "-Djava.awt.headless=true", log_opt,
                  "-cp", classpath, "kafka.Kafka", str(props)],
                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
