@@ -61,13 +61,18 @@ class EosProcessor:
         # The sink first: initialising it aborts whatever a dead predecessor left open, which would otherwise
         # hold back read_committed reads of what it wrote (a restore, say).
         self.sink = sink_factory()
-        self.source = source_factory(self._assigned, self._on_revoked)
+        self.rebalanced: set[tuple[str, int]] = set()  # partitions revoked or assigned since last cleared
+        self.source = source_factory(self._on_assigned, self._on_revoked)
 
     # ------------------------------------------------------------------ hooks
 
     def _ready(self) -> bool:
         """Whether batches may be consumed now (partitions restored, a model loaded...)."""
         return True
+
+    def _complete(self, batch: MessageBatch) -> MessageBatch:
+        """The batch to process: this one, or this one with what more arrives shortly (a subclass's choice)."""
+        return batch
 
     def _process(self, batch: MessageBatch) -> Any:
         raise NotImplementedError
@@ -101,7 +106,12 @@ class EosProcessor:
         for (_topic, p), lag in self.source.lag().items():
             m.CONSUMER_LAG.labels(self.NAME, str(p)).set(lag)
 
+    def _on_assigned(self, partitions: Partitions) -> None:
+        self.rebalanced.update(partitions)
+        self._assigned(partitions)
+
     def _on_revoked(self, partitions: Partitions) -> None:
+        self.rebalanced.update(partitions)
         # Held offsets of these partitions are dropped, never committed (the partitions may be lost): the new
         # owner re-reads those batches from the committed offsets, and they publish nothing again.
         for tp in partitions:
@@ -141,6 +151,9 @@ class EosProcessor:
             self._on_idle()
             if self._held and time.monotonic() - self._held_since >= self.commit_interval_s:
                 self.commit_held()
+            return 0
+        batch = self._complete(batch)
+        if not len(batch):  # all of it belonged to partitions a rebalance took meanwhile
             return 0
         started = time.perf_counter()
         self._deferred = []

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
+from gpu_kernels.bars import NO_TICK
 from processors import metrics as m
 from processors.eos import EosProcessor, SourceFactory
 from processors.errors import ProcessorError
@@ -38,6 +39,7 @@ from processors.feature_state import (
 from processors.features import ClosedBars, FeatureEngine, PartitionState
 from processors.online_store import BackgroundWriter, OnlineStore, Vector
 from schemas.tick_decoder import TickDecoder
+from schemas.ticks import DecodedTicks
 from streams.dlq import dead_letter, dead_letters_for
 from streams.source import MessageBatch
 from streams.transactions import TransactionalSink
@@ -84,7 +86,7 @@ class FeatureProcessor(EosProcessor):
                  sink_factory: Callable[[], TransactionalSink], restore: Restore, replay: Replay, namespace: str,
                  decoder: TickDecoder | None = None, clock: Callable[[], float] = time.time,
                  online_store: OnlineStore | None = None, checkpoint_interval_s: float = 1.0,
-                 commit_interval_s: float = 0.0) -> None:
+                 commit_interval_s: float = 0.0, close_gather_s: float = 0.0) -> None:
         self.engine = engine
         # Written from a thread of its own after each commit: the next batch does not wait on Redis.
         self.online_store = BackgroundWriter(online_store) if online_store is not None else None
@@ -100,6 +102,12 @@ class FeatureProcessor(EosProcessor):
         self._at: dict[int, int] = {}  # the input offset each partition's state stands at
         self._dirty: dict[int, set[str]] = {}  # symbols whose state moved since their last changelog record
         self._checkpointed: dict[int, float] = {}  # last checkpoint (monotonic); absent: none in the changelog
+        # > 0: a batch that passes a bar boundary on some partitions waits up to this long for the partitions one
+        # step short of it to pass it too (see `_complete`).
+        self.close_gather_s = close_gather_s
+        self._decoded: tuple[MessageBatch, DecodedTicks] | None = None  # decoded by `_complete` already
+        self._first_interval = engine.config.intervals[0]
+        self._shortest_ms = min(engine.interval_ms.values())
         super().__init__(source_factory, sink_factory)
         self.commit_interval_s = commit_interval_s  # batches that close no bar skip the broker (processors.eos)
 
@@ -115,9 +123,78 @@ class FeatureProcessor(EosProcessor):
 
     # ------------------------------------------------------------------ one batch
 
+    def _complete(self, batch: MessageBatch) -> MessageBatch:
+        """Every second (every bar interval) all symbols' bars close at once, on every partition, and the ticks
+        that close them reach the processor within a few ms of each other, partition by partition. A batch
+        that closes bars on some partitions while others are still one boundary short would leave theirs to
+        the next batch, which starts only after this one's whole closing work and transaction. So such a
+        batch first takes what arrives in the next `close_gather_s` (until those partitions pass the boundary
+        too): one closing transaction instead of two or three in a row. Only which batch a tick lands in
+        changes; the outputs are the same however the input is cut."""
+        if self.close_gather_s <= 0:
+            return batch
+        decoded = self.decoder.decode(batch.values)
+        marks = self._marks(batch, decoded, {})
+        target, behind = self._behind(marks)
+        room = self.source.max_messages - len(batch)
+        if not behind or room <= 0:  # (a full batch: catching up on a backlog, not waiting for a few ticks)
+            self._decoded = (batch, decoded)
+            return batch
+        parts = [batch]
+        deadline = time.monotonic() + self.close_gather_s
+        self.rebalanced = set()
+        outcome = "timed out"
+        while (left := deadline - time.monotonic()) > 0 and room > 0:
+            more = self.source.next_batch(max_messages=room, max_wait_s=left, eager=True)
+            if self.rebalanced:
+                # Partitions revoked or (re)assigned meanwhile: what was read of them before is not this
+                # instance's to process (a new owner, or this one again from the committed offsets, reads it).
+                # What this consume() returned came after the rebalance: it is for the assignment as it is now.
+                parts = [*(b.without_partitions(self.rebalanced) for b in parts), more]
+                outcome = "rebalanced"
+                break
+            if not len(more):
+                break
+            parts.append(more)
+            room -= len(more)
+            marks = self._marks(more, self.decoder.decode(more.values), marks)
+            behind = {p for p in behind if self._bucket(marks[p]) < target}
+            if not behind:
+                outcome = "complete"
+                break
+        m.CLOSE_GATHERS.labels(NAME, outcome).inc()
+        parts = [b for b in parts if len(b)]
+        return parts[0] if len(parts) == 1 else MessageBatch.concat(parts) if parts else MessageBatch()
+
+    def _marks(self, batch: MessageBatch, decoded: DecodedTicks, marks: dict[int, int]) -> dict[int, int]:
+        """Each partition's event-time high mark after `batch` (starting from `marks`, else the state's)."""
+        out = dict(marks) or {p: s.bars[self._first_interval].max_ts for p, s in self.states.items()}
+        if len(decoded.indices):
+            parts = batch.partitions[decoded.indices]
+            ts = decoded.ticks.ts
+            for p in np.unique(parts).tolist():
+                if p in out:
+                    out[p] = max(out[p], int(ts[parts == p].max()))
+        return out
+
+    def _bucket(self, mark: int) -> int:
+        """Which bar boundary a partition's watermark has passed (of the shortest interval)."""
+        return (mark - self.engine.config.lateness_ms) // self._shortest_ms
+
+    def _behind(self, marks: dict[int, int]) -> tuple[int, set[int]]:
+        """The newest boundary a partition has passed since its state, and the partitions one short of it."""
+        passed = [self._bucket(mark) for p, mark in marks.items()
+                  if (before := self.states[p].bars[self._first_interval].max_ts) != NO_TICK
+                  and self._bucket(mark) > self._bucket(before)]
+        if not passed:
+            return 0, set()
+        target = max(passed)
+        return target, {p for p, mark in marks.items() if mark != NO_TICK and self._bucket(mark) == target - 1}
+
     def _process(self, batch: MessageBatch) -> _Pending:
         t = self.topics
-        decoded = self.decoder.decode(batch.values)
+        cached, self._decoded = self._decoded, None
+        decoded = cached[1] if cached is not None and cached[0] is batch else self.decoder.decode(batch.values)
         self._latest = {}
         self.sink.begin()
         self.sink.write_dead_letters(dead_letters_for(batch, decoded.rejects, processor=NAME, dlq_topic=t.dlq))

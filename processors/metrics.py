@@ -28,3 +28,6 @@ ACTIVE_BACKEND = Gauge("streamquant_active_backend", "1 for the backend computin
                        ["processor", "backend"])
 CONSUMER_LAG = Gauge("streamquant_consumer_lag", "Messages behind the end of each input partition",
                      ["processor", "partition"])
+CLOSE_GATHERS = Counter("streamquant_close_gathers_total", "Batches that passed a bar boundary on some partitions "
+                        "and took what arrived next for the others (outcome: complete, timed out, rebalanced)",
+                        ["processor", "outcome"])

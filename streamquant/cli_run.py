@@ -118,7 +118,8 @@ def build_feature_processor(settings: Settings) -> FeatureProcessor:
     return FeatureProcessor(engine, topics, source_factory, sink_factory, restore, replay,
                             namespace=settings.features.group, online_store=store,
                             checkpoint_interval_s=settings.features.checkpoint_interval_ms / 1000,
-                            commit_interval_s=settings.features.commit_interval_ms / 1000)
+                            commit_interval_s=settings.features.commit_interval_ms / 1000,
+                            close_gather_s=settings.features.close_gather_ms / 1000)
 
 
 @run_app.command("features")

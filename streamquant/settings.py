@@ -111,6 +111,10 @@ class FeaturesSettings(_Section):
         description="the longest a batch that publishes nothing (closes no bar) waits for its offsets to be "
                     "committed, with the next transaction or on their own; such batches skip the broker. 0: every "
                     "batch commits")
+    close_gather_ms: int = Field(
+        default=5, ge=0, le=1_000,
+        description="a batch that closes bars on some partitions takes what arrives in up to this long more for "
+                    "partitions one bar boundary short, so that all close in one transaction. 0: off")
     backend: Literal["auto", "cpu", "gpu"] = Field(
         default="auto", description="where the indicator kernels run; auto: the GPU when CuPy sees one. A batch the "
                                     "GPU fails is recomputed on the CPU (streamquant_gpu_fallbacks_total)")

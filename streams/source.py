@@ -67,6 +67,33 @@ class MessageBatch:
     def __len__(self) -> int:
         return len(self.values)
 
+    @classmethod
+    def concat(cls, batches: Sequence[MessageBatch]) -> MessageBatch:
+        """One batch of several consumed one after the other (their messages in that order)."""
+        if all(len(b._messages) == len(b) for b in batches):  # straight from the consumer: keep it lazy
+            topics = None if any(b._topics is None for b in batches) else [t for b in batches for t in b.topics]
+            return cls([m for b in batches for m in b._messages], topics=topics,
+                       partitions=np.concatenate([b.partitions for b in batches]),
+                       offsets=np.concatenate([b.offsets for b in batches]),
+                       values=[v for b in batches for v in b.values])
+        return cls(topics=[t for b in batches for t in b.topics],
+                   partitions=np.concatenate([b.partitions for b in batches]),
+                   offsets=np.concatenate([b.offsets for b in batches]),
+                   timestamps=np.concatenate([b.timestamps for b in batches]),
+                   keys=[k for b in batches for k in b.keys], values=[v for b in batches for v in b.values],
+                   headers=[h for b in batches for h in b.headers])
+
+    def without_partitions(self, partitions: set[tuple[str, int]]) -> MessageBatch:
+        """This batch less the messages of the given (topic, partition)s."""
+        keep = [i for i, (t, p) in enumerate(zip(self.topics, self.partitions.tolist(), strict=True))
+                if (t, p) not in partitions]
+        rows = np.array(keep, np.int64)
+        return MessageBatch([self._messages[i] for i in keep] if len(self._messages) == len(self) else (),
+                            topics=[self.topics[i] for i in keep], partitions=self.partitions[rows],
+                            offsets=self.offsets[rows], timestamps=self.timestamps[rows],
+                            keys=[self.keys[i] for i in keep], values=[self.values[i] for i in keep],
+                            headers=[self.headers[i] for i in keep])
+
     def first_offsets(self) -> dict[tuple[str, int], int]:
         """Per (topic, partition): the first offset of this batch (where to seek to read it again)."""
         return self._extreme_offsets(first=True)

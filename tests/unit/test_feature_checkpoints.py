@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 import processors.eos as eos
 import processors.feature_processor as fp
@@ -43,26 +44,47 @@ class Broker:
         self.outputs: dict[str, list[bytes]] = {"bars": [], "features": []}
         self.held = 0  # transactions with neither records nor offsets (a batch that held its offsets)
         self.aborts = 0
+        # A live stream (the gathering cases): each partition's ticks arrive as the clock passes their ts.
+        self.ts = {p: TickDecoder().decode(v).ticks.ts for p, v in values.items()}
+        self.clock_ms = min(int(ts[0]) for ts in self.ts.values())
 
 
 class Source:
-    def __init__(self, broker: Broker, on_assign: Callable[[list[tuple[str, int]]], None], rng: random.Random
-                 ) -> None:
-        self.broker, self.on_assign, self.rng = broker, on_assign, rng
-        self.position: dict[int, int] | None = None
+    max_messages = 10_000
 
-    def next_batch(self) -> MessageBatch:
+    def __init__(self, broker: Broker, on_assign: Callable[[list[tuple[str, int]]], None],
+                 on_revoke: Callable[[list[tuple[str, int]]], None], rng: random.Random,
+                 rebalances: bool = False) -> None:
+        self.broker, self.on_assign, self.on_revoke, self.rng = broker, on_assign, on_revoke, rng
+        self.position: dict[int, int] | None = None
+        self.live = rebalances  # ticks come as a live stream's do, and an eager rebalance now and then comes
+        self.rebalances = rebalances  # inside a consume() that gathers
+        self.rebalanced = 0
+
+    def next_batch(self, max_messages: int | None = None, max_wait_s: float | None = None,
+                   eager: bool = False) -> MessageBatch:
+        assigned = [("ticks", p) for p in self.broker.values]
+        if self.position is not None and eager and self.rebalances and self.rng.random() < 0.1:
+            self.on_revoke(assigned)  # all revoked and assigned again: reading resumes from the committed offsets
+            self.position = None
+            self.rebalanced += 1
         if self.position is None:  # the first consume() assigns, as in Kafka
             self.position = {p: max(self.broker.committed.get(p, 0), 0) for p in self.broker.values}
-            self.on_assign([("ticks", p) for p in self.broker.values])
+            self.on_assign(assigned)
         parts, offs, vals = [], [], []
+        if self.live:  # the clock moves on; each partition delivers what is older than the clock less its lag
+            self.broker.clock_ms += self.rng.choice([1, 2, 5, 20, 100])
         for p, pos in self.position.items():
-            take = self.rng.choice([0, 1, 7, 40, 300])
+            if self.live:
+                due = self.broker.clock_ms - self.rng.choice([0, 3, 8, 15])
+                take = int(np.searchsorted(self.broker.ts[p], due, side="right")) - pos
+            else:
+                take = self.rng.choice([0, 1, 7, 40, 300])
             for o in range(pos, min(pos + take, len(self.broker.values[p]))):
                 parts.append(p)
                 offs.append(o)
                 vals.append(self.broker.values[p][o])
-            self.position[p] = min(pos + take, len(self.broker.values[p]))  # consume() moves the position on
+            self.position[p] = max(pos, min(pos + take, len(self.broker.values[p])))  # consume() moves it on
         return MessageBatch(topics=["ticks"] * len(vals), partitions=np.array(parts, np.int32),
                             offsets=np.array(offs, np.int64), values=vals, timestamps=np.zeros(len(vals), np.int64))
 
@@ -145,11 +167,11 @@ class Clock:
 
 
 def processor(broker: Broker, rng: random.Random, interval_s: float, replays: list[int],
-              commit_interval_s: float = 0.0, aborts: bool = False) -> FeatureProcessor:
+              commit_interval_s: float = 0.0, aborts: bool = False, close_gather_s: float = 0.0) -> FeatureProcessor:
     holder: dict[str, Source] = {}
 
-    def source_factory(on_assign: Any, _on_revoke: Any) -> Source:
-        holder["s"] = Source(broker, on_assign, rng)
+    def source_factory(on_assign: Any, on_revoke: Any) -> Source:
+        holder["s"] = Source(broker, on_assign, on_revoke, rng, rebalances=close_gather_s > 0)
         return holder["s"]
 
     def replay(p: int, start: int, end: int) -> Iterator[list[bytes | None]]:
@@ -160,7 +182,8 @@ def processor(broker: Broker, rng: random.Random, interval_s: float, replays: li
     return FeatureProcessor(FeatureEngine(CONFIG), TOPICS, source_factory,  # type: ignore[arg-type]
                             lambda: Sink(broker, lambda: holder["s"], rng if aborts else None),  # type: ignore[arg-type, return-value]
                             lambda parts: {p: dict(broker.changelog[p]) for p in parts}, replay, namespace="g",
-                            checkpoint_interval_s=interval_s, commit_interval_s=commit_interval_s)
+                            checkpoint_interval_s=interval_s, commit_interval_s=commit_interval_s,
+                            close_gather_s=close_gather_s)
 
 
 def stream(rate: int = 60) -> dict[int, list[bytes]]:
@@ -185,27 +208,34 @@ def one_pass(values: dict[int, list[bytes]]) -> dict[tuple[str, str, int], Any]:
     return want
 
 
-@pytest.mark.parametrize(("interval_s", "commit_interval_s"), [(0.0, 0.0), (0.5, 0.0), (5.0, 0.0), (1e9, 0.0),
-                                                                 (0.5, 0.3), (5.0, 1.0)])
+@pytest.mark.parametrize(("interval_s", "commit_interval_s", "close_gather_s"),
+                         [(0.0, 0.0, 0.0), (0.5, 0.0, 0.0), (5.0, 0.0, 0.0), (1e9, 0.0, 0.0), (0.5, 0.3, 0.0),
+                          (5.0, 1.0, 0.0), (0.5, 0.3, 0.005), (0.0, 0.0, 0.005)])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_killed_anywhere_the_successor_publishes_exactly_the_rest(monkeypatch: pytest.MonkeyPatch, interval_s: float,
-                                                                 commit_interval_s: float, seed: int) -> None:
+                                                                 commit_interval_s: float, close_gather_s: float,
+                                                                 seed: int) -> None:
     clock = Clock()
     monkeypatch.setattr(fp, "time", SimpleNamespace(monotonic=clock.monotonic, time=lambda: 0.0, sleep=lambda s: None))
     monkeypatch.setattr(eos, "time", SimpleNamespace(monotonic=clock.monotonic, perf_counter=time.perf_counter,
                                                      sleep=lambda s: None))
     rng = random.Random(seed)
-    values = stream(600 if commit_interval_s else 60)
+    values = stream(600 if commit_interval_s and not close_gather_s else 60)
     broker = Broker(values)
     replays: list[int] = []
-    proc = processor(broker, rng, interval_s, replays, commit_interval_s, aborts=True)
+    proc = processor(broker, rng, interval_s, replays, commit_interval_s, aborts=True, close_gather_s=close_gather_s)
+    gathers = {o: REGISTRY.get_sample_value("streamquant_close_gathers_total", {"processor": "features", "outcome": o})
+               or 0.0 for o in ("complete", "timed out", "rebalanced")}
+    rebalanced = 0
     kills = 0
     while any(broker.committed.get(p, 0) < len(v) for p, v in values.items()):
         clock.now += rng.choice([0.0, 0.01, 0.05, 0.2])
         if rng.random() < 0.08:  # killed: between batches, or with its transaction open
             if rng.random() < 0.5:
                 proc._process(proc.source.next_batch())
-            proc = processor(broker, rng, interval_s, replays, commit_interval_s, aborts=True)
+            rebalanced += proc.source.rebalanced  # type: ignore[attr-defined]
+            proc = processor(broker, rng, interval_s, replays, commit_interval_s, aborts=True,
+                             close_gather_s=close_gather_s)
             kills += 1
             continue
         if rng.random() < 0.03:
@@ -214,6 +244,14 @@ def test_killed_anywhere_the_successor_publishes_exactly_the_rest(monkeypatch: p
             proc.step()
     assert kills >= 3
     assert broker.aborts >= 1
+    if close_gather_s:
+        # Batches that closed bars on one partition took the other's closing ticks too; some met a rebalance.
+        after = {o: REGISTRY.get_sample_value("streamquant_close_gathers_total", {"processor": "features",
+                                                                                  "outcome": o}) or 0.0
+                 for o in gathers}
+        assert after["complete"] - gathers["complete"] >= 5, after
+        assert rebalanced + proc.source.rebalanced >= 1  # type: ignore[attr-defined]
+        assert after["rebalanced"] - gathers["rebalanced"] >= 1, after
     if commit_interval_s:
         assert broker.held >= 10, broker.held  # batches that closed no bar ended without reaching the broker
     if interval_s == 0:
