@@ -95,6 +95,7 @@ def measure(pipeline: str, args: argparse.Namespace) -> dict[str, Any]:
     read: list[tuple[int, int, float]] = []  # (ticks partition or -1, second the closing tick opened, read at ms)
     symbols: list[str] = []  # features: the vector's symbol, mapped to its partition at the end
     partition_of: dict[str, int] = {}
+    traded: set[tuple[str, int]] = set()  # (symbol, second) with a tick: a bar to expect
     newest_second: dict[int, int] = {}
     second_opened: dict[tuple[int, int], int] = {}  # (ticks partition, second) -> CreateTime of its first tick
     try:
@@ -115,6 +116,7 @@ def measure(pipeline: str, args: argparse.Namespace) -> dict[str, Any]:
                 if m.topic() == catalog.name("ticks"):
                     p, second = int(m.partition() or 0), f["ts"] // 1000 * 1000
                     partition_of[f["symbol"]] = p
+                    traded.add((f["symbol"], second))
                     if second > newest_second.get(p, -1):
                         newest_second[p] = second
                         second_opened[(p, second)] = m.timestamp()[1]
@@ -141,7 +143,14 @@ def measure(pipeline: str, args: argparse.Namespace) -> dict[str, Any]:
         names = [s.name for s in catalog.specs()] + ([] if pipeline == "features" else [output])
         for fut in admin.delete_topics(names, operation_timeout=60).values():
             fut.result(timeout=60)
-    if symbols:
+    if symbols:  # a live check on the way: each (symbol, bar) read once, every symbol in every second
+        pairs = set(zip(symbols, (r[1] for r in read), strict=True))
+        # The newest second is left out: its bars close only where a tick of the next second came before the
+        # producer stopped, which a partition may not have had.
+        seconds = set(sorted({second for _p, second, _at in read})[:-1])
+        result_vectors = {"duplicates": len(read) - len(pairs),
+                          "missing": sum(1 for sym, start in traded  # (a bar starting at `start` closes at +1 s)
+                                         if start + 1000 in seconds and (sym, start + 1000) not in pairs)}
         read = [(partition_of.get(sym, -1), second, at) for sym, (_p, second, at) in zip(symbols, read, strict=True)]
     spans = [(second_opened[(p, second)], at) for p, second, at in read if (p, second) in second_opened]
     if not spans:
@@ -150,6 +159,7 @@ def measure(pipeline: str, args: argparse.Namespace) -> dict[str, Any]:
     if due:
         result["from_due_time"] = _summary(due)
         result["processor"] = processor_figures
+        result["vectors"] = result_vectors
     pauses = broker_pauses(args.gc_log, started * 1000, time.time() * 1000)
     if pauses is not None:
         # A record whose way from the closing tick to the reader spans a broker pause waited for it.
@@ -216,6 +226,8 @@ def main() -> None:
         due = results["features"]["from_due_time"]
         print(f"features, from the closing tick's due time: {due['vectors']:,} one-second feature vectors, p50 "
               f"{due['p50_ms']:.1f} ms, p99 {due['p99_ms']:.1f} ms, max {due['max_ms']:.1f} ms")
+        v = results["features"]["vectors"]
+        print(f"feature vectors read twice: {v['duplicates']}; bars with ticks but no vector read: {v['missing']}")
         f = results["features"]["processor"]
         print(f"processor: {f['batches']:,.0f} batches, {f['batch_mean_ms']:.2f} ms each on average "
               f"({f['busy_s']:.1f} s busy); {f['broker_transactions']:,.0f} transactions to the broker, commit "
