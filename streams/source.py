@@ -70,17 +70,16 @@ class MessageBatch:
     @classmethod
     def concat(cls, batches: Sequence[MessageBatch]) -> MessageBatch:
         """One batch of several consumed one after the other (their messages in that order)."""
-        if all(len(b._messages) == len(b) for b in batches):  # straight from the consumer: keep it lazy
+        partitions = np.concatenate([b.partitions for b in batches])
+        offsets = np.concatenate([b.offsets for b in batches])
+        values = [v for b in batches for v in b.values]
+        if all(len(b._messages) == len(b) for b in batches):  # straight from the consumer: the rest stays lazy
             topics = None if any(b._topics is None for b in batches) else [t for b in batches for t in b.topics]
-            return cls([m for b in batches for m in b._messages], topics=topics,
-                       partitions=np.concatenate([b.partitions for b in batches]),
-                       offsets=np.concatenate([b.offsets for b in batches]),
-                       values=[v for b in batches for v in b.values])
-        return cls(topics=[t for b in batches for t in b.topics],
-                   partitions=np.concatenate([b.partitions for b in batches]),
-                   offsets=np.concatenate([b.offsets for b in batches]),
+            return cls([m for b in batches for m in b._messages], topics=topics, partitions=partitions,
+                       offsets=offsets, values=values)
+        return cls(topics=[t for b in batches for t in b.topics], partitions=partitions, offsets=offsets,
                    timestamps=np.concatenate([b.timestamps for b in batches]),
-                   keys=[k for b in batches for k in b.keys], values=[v for b in batches for v in b.values],
+                   keys=[k for b in batches for k in b.keys], values=values,
                    headers=[h for b in batches for h in b.headers])
 
     def without_partitions(self, partitions: set[tuple[str, int]]) -> MessageBatch:
